@@ -1,0 +1,165 @@
+"""Recipe dataclasses and the one parser that reads a recipe YAML plus command-line overrides.
+
+A recipe is a flat YAML mapping (alignment-handbook style); every key belongs to exactly one
+of the dataclasses below or to ``transformers.TrainingArguments``. Unknown keys are an error
+with a close-match suggestion, because a silently ignored typo costs a GPU-day.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run as written; the message names the file and key."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local directory of a pretrained causal LM."}
+    )
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "Config (JSON path or hub id) for a randomly initialised model; used when "
+                  "model_name_or_path is not set. The demo uses recipes/models/tiny_qwen2.json."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, local directory, or builtin:NAME (a tokenizer the package builds offline). "
+                  "Defaults to model_name_or_path."},
+    )
+    torch_dtype: str = field(
+        default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (auto: bf16 on GPU when bf16 is on)."}
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2."})
+    trust_remote_code: bool = field(default=False)
+
+
+@dataclass
+class DataArguments:
+    train_data: str | None = field(
+        default=None,
+        metadata={"help": "JSONL path, hub dataset id, or builtin:NAME. Formats: {prompt,response}, "
+                  "GSM8K {question,answer}, MATH {problem,solution}."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split name for hub datasets."})
+    eval_data: str | None = field(default=None, metadata={"help": "Held-out problems with ground truths."})
+    eval_split: str = field(default="test")
+    prompt_template: str = field(
+        default="r1_zero", metadata={"help": "Name of a template in prompts/ (or a path to a .prompt file)."}
+    )
+    num_train_examples: int | None = field(
+        default=None, metadata={"help": "Deterministic subset size (128/256/... ablations); None = all."}
+    )
+    shuffle_seed: int = field(
+        default=42, metadata={"help": "Seed of the subset draw; the same seed gives nested subsets."}
+    )
+    max_length: int = field(default=2048, metadata={"help": "Max tokens of prompt + response."})
+    overlong_policy: str = field(
+        default="drop", metadata={"help": "drop | truncate: what to do with examples over max_length."}
+    )
+    append_eos: bool = field(default=False, metadata={"help": "Append the eos token to every response."})
+    preprocessing_num_workers: int | None = field(default=None)
+
+
+@dataclass
+class EvalArguments:
+    eval_backend: str = field(default="none", metadata={"help": "none | hf | vllm"})
+    eval_num_examples: int | None = field(
+        default=None, metadata={"help": "Evaluate on a fixed subset of this many problems; None = all."}
+    )
+    eval_baseline: bool = field(default=True, metadata={"help": "Also evaluate at step 0, before any update."})
+    eval_temperature: float = field(default=1.0)
+    eval_top_p: float = field(default=1.0)
+    eval_max_new_tokens: int = field(default=1024)
+    eval_batch_size: int = field(default=64)
+    eval_seed: int = field(default=0)
+    eval_stop: str = field(default="</answer>", metadata={"help": "Stop string, kept in the output."})
+    eval_reward_fn: str = field(default="r1_zero", metadata={"help": "r1_zero | question_only"})
+    eval_grading_timeout: float = field(default=10.0, metadata={"help": "Seconds per graded item."})
+    eval_device: str | None = field(default=None, metadata={"help": "Device of the eval engine (cuda:1, cpu)."})
+
+
+@dataclass
+class SFTConfig(TrainingArguments):
+    """TrainingArguments plus the loss options of this project."""
+
+    loss_normalization: str = field(
+        default="token",
+        metadata={"help": "token: mean NLL per response token over the optimizer step (all processes). "
+                  "sequence: sum over a sequence / normalize_constant, mean over sequences."},
+    )
+    normalize_constant: float = field(default=1.0)
+    remove_unused_columns: bool = field(default=False)
+    logging_first_step: bool = field(default=True)
+
+    def __post_init__(self):
+        if self.eval_strategy not in ("no", None) and str(self.eval_strategy) != "IntervalStrategy.NO":
+            raise RecipeError("hf-sft evaluates by generation in a callback at eval_steps (eval_backend); "
+                              "leave eval_strategy at 'no' and set eval_steps and eval_backend instead")
+        if self.loss_normalization not in ("token", "sequence"):
+            raise RecipeError(f"loss_normalization must be 'token' or 'sequence', got {self.loss_normalization!r}")
+        super().__post_init__()
+
+
+RECIPE_DATACLASSES = (ModelArguments, DataArguments, EvalArguments, SFTConfig)
+
+
+def _known_keys(parser: HfArgumentParser) -> set[str]:
+    return {action.dest for action in parser._actions if action.dest != "help"}
+
+
+def load_recipe_file(path: str | Path) -> dict:
+    """Read a recipe YAML; ``base:`` (a path relative to the file) is merged underneath it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        merged = load_recipe_file(path.parent / base)
+        merged.update(data)
+        data = merged
+    return data
+
+
+def parse_recipe(argv: list[str] | None = None):
+    """``RECIPE.yaml [--key value ...]`` -> (model_args, data_args, eval_args, training_args).
+
+    The YAML sets the defaults and the command line overrides them, like TRL's parser.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(RECIPE_DATACLASSES)
+    recipe_path = None
+    if argv and not argv[0].startswith("-"):
+        recipe_path = argv.pop(0)
+        recipe = load_recipe_file(recipe_path)
+        known = _known_keys(parser)
+        for key in recipe:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise RecipeError(f"{recipe_path}: unknown recipe key '{key}'.{hint}")
+        parser.set_defaults(**recipe)
+        recipe.setdefault("output_dir", None)
+    parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    model_args, data_args, eval_args, training_args = parsed
+    if recipe_path is not None:
+        training_args.recipe_path = str(recipe_path)
+    return model_args, data_args, eval_args, training_args
+
+
+def dataclass_to_dict(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
