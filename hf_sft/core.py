@@ -53,12 +53,14 @@ def tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], t
 def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at every position, over the last dim.
 
-    H = logsumexp(z) - sum softmax(z) * z, which never exponentiates an unnormalised logit.
+    H = logsumexp(z) - sum softmax(z) * z, evaluated on z - max(z) so that neither huge logits
+    (cancellation) nor -inf logits (masked tokens, 0 * inf) spoil it.
     """
-    logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1)
-    probs = torch.softmax(logits, dim=-1)
-    return log_z - (probs * logits).sum(dim=-1)
+    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    log_z = torch.logsumexp(shifted, dim=-1)
+    probs = torch.exp(shifted - log_z.unsqueeze(-1))
+    weighted = torch.where(probs > 0, probs * shifted, torch.zeros_like(shifted))
+    return log_z - weighted.sum(dim=-1)
 
 
 def get_response_log_probs(

@@ -20,7 +20,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_sft.config import parse_recipe
+from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data import prepare_train_dataset
 from hf_sft.modeling import load_model, load_tokenizer
@@ -50,6 +50,38 @@ def resolve_checkpoint(training_args) -> str | None:
     return resume
 
 
+def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer):
+    """Wire the recipe's eval backend; returns the grading pool to close after training."""
+    if eval_args.eval_backend == "none":
+        return None
+    if eval_args.eval_backend != "hf":
+        raise RecipeError(f"eval_backend must be none or hf, got {eval_args.eval_backend!r}")
+    if data_args.eval_data is None:
+        raise RecipeError(f"eval_backend is {eval_args.eval_backend!r} but the recipe sets no eval_data")
+    from hf_sft.callbacks import GenerationEvalCallback
+    from hf_sft.data import load_eval_problems
+    from hf_sft.evaluation import EvalProblems
+    from hf_sft.generation import HFGenerationBackend, SamplingSettings
+    from hf_sft.grader import GradingPool
+
+    ds = load_eval_problems(data_args.eval_data, data_args.eval_split, data_args.prompt_template,
+                            eval_args.eval_num_examples, eval_args.eval_seed)
+    problems = EvalProblems.from_dataset(ds, data_args.eval_data)
+    sampling = SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
+                                max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
+                                seed=eval_args.eval_seed)
+    grader = GradingPool(timeout=eval_args.eval_grading_timeout) if trainer.is_world_process_zero() else None
+    backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size)
+    trainer.add_callback(GenerationEvalCallback(
+        trainer, backend, problems, sampling, grader, eval_steps=training_args.eval_steps,
+        baseline=eval_args.eval_baseline, reward_fn=eval_args.eval_reward_fn,
+        model_name=model_args.model_name_or_path or model_args.model_config or "",
+    ))
+    logger.info("Evaluating with %s on %d problems of %s at step 0 and every %s steps", eval_args.eval_backend,
+                len(problems), data_args.eval_data, training_args.eval_steps)
+    return grader
+
+
 def main(argv: list[str] | None = None) -> SFTTrainer:
     # 1. Recipe -> dataclasses (YAML defaults, command-line overrides).
     model_args, data_args, eval_args, training_args = parse_recipe(argv)
@@ -68,7 +100,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     # 3. Model.
     model = load_model(model_args, training_args, tokenizer)
 
-    # 4. Trainer with the response-only loss; evaluation callbacks plug in here.
+    # 4. Trainer with the response-only loss.
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -77,8 +109,15 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         processing_class=tokenizer,
     )
 
-    # 5. Train (resuming when asked), then save a loadable checkpoint and the state.
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    # 5. Generation-based evaluation at eval_steps, as a callback.
+    grader = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)
+
+    # 6. Train (resuming when asked), then save a loadable checkpoint and the state.
+    try:
+        trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    finally:
+        if grader is not None:
+            grader.close()
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -1,0 +1,60 @@
+"""The only writer under a run's results/: per-example eval logs and summaries, written atomically.
+
+A file either exists complete or not at all (temp file + fsync + rename), so a crash mid-eval
+leaves earlier evals intact and readable by the plotting code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def eval_logs_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "results" / "eval_logs"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_eval_results(output_dir, eval_step: int, records: list[dict], summary: dict) -> tuple[Path, Path]:
+    """Write eval_step_{N}_{T}.jsonl, then summary_eval_step_{N}_{T}.json (the summary last, so a
+    summary on disk always has its per-example log beside it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    directory = eval_logs_dir(output_dir)
+    log_path = directory / f"eval_step_{eval_step}_{stamp}.jsonl"
+    summary_path = directory / f"summary_eval_step_{eval_step}_{stamp}.json"
+    atomic_write_text(log_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return log_path, summary_path
+
+
+def read_summaries(output_dir) -> list[dict]:
+    """All readable summaries of a run, by eval step; unreadable files are skipped, not fatal."""
+    summaries = []
+    for path in sorted(eval_logs_dir(output_dir).glob("summary_eval_step_*.json")):
+        try:
+            summaries.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(summaries, key=lambda s: s.get("eval_step", 0))

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny models and tokenizers built in the test session, never downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Builtin assets and datasets caches go to a per-session temp dir."""
+    root = tmp_path_factory.mktemp("cache")
+    old = {k: os.environ.get(k) for k in ("HF_SFT_CACHE", "HF_DATASETS_CACHE")}
+    os.environ["HF_SFT_CACHE"] = str(root / "hf_sft")
+    os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tmp_path_factory):
+    """A byte-level BPE trained on the fly on a small math corpus (like Qwen's, much smaller)."""
+    from hf_sft.builtin_assets import build_bpe_tokenizer
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    lines = []
+    for a in range(30):
+        lines.append(f"User: What is {a} + {a + 7}?\nAssistant: <think> ones and tens, so {a} + {a + 7} = {2 * a + 7}."
+                     f" </think> <answer> {2 * a + 7} </answer>")
+        lines.append(f"The answer is \\boxed{{\\frac{{{a}}}{{{a + 1}}}}} because thinking helps.")
+    corpus.write_text("\n".join(lines))
+    out = tmp_path_factory.mktemp("tokenizer")
+    build_bpe_tokenizer(out, [corpus], vocab_size=400)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def make_tiny_qwen2(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).float()
+
+
+@pytest.fixture
+def tiny_model(bpe_tokenizer):
+    return make_tiny_qwen2(len(bpe_tokenizer))

@@ -1,0 +1,58 @@
+"""Recipes: YAML + command-line overrides through one HfArgumentParser, typos caught."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_sft.config import RecipeError, parse_recipe
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_sets_defaults_and_command_line_overrides(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "train_data: a.jsonl\nlearning_rate: 1.0e-5\noutput_dir: out\n"
+                                        "loss_normalization: sequence\nnum_train_examples: 128\n")
+    model, data, ev, train = parse_recipe([recipe, "--learning_rate", "2e-5", "--eval_backend", "hf"])
+    assert data.train_data == "a.jsonl" and data.num_train_examples == 128
+    assert train.learning_rate == 2e-5
+    assert train.loss_normalization == "sequence"
+    assert ev.eval_backend == "hf"
+    assert train.output_dir == "out"
+
+
+def test_unknown_key_names_the_file_and_suggests_the_close_match(tmp_path):
+    recipe = write(tmp_path / "typo.yaml", "learning_rat: 1.0e-5\n")
+    with pytest.raises(RecipeError, match=r"typo\.yaml: unknown recipe key 'learning_rat'\. Did you mean 'learning_rate'\?"):
+        parse_recipe([recipe])
+
+
+def test_base_recipe_is_merged_underneath(tmp_path):
+    write(tmp_path / "base.yaml", "learning_rate: 1.0e-5\nnum_train_epochs: 3\ntrain_data: full.jsonl\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\nnum_train_examples: 128\nnum_train_epochs: 5\n")
+    _, data, _, train = parse_recipe([child, "--output_dir", str(tmp_path / "o")])
+    assert (train.learning_rate, train.num_train_epochs, data.num_train_examples) == (1e-5, 5, 128)
+    assert data.train_data == "full.jsonl"
+
+
+def test_missing_recipe_and_bad_values_are_clear(tmp_path):
+    with pytest.raises(RecipeError, match="recipe not found"):
+        parse_recipe([str(tmp_path / "nope.yaml")])
+    recipe = write(tmp_path / "r.yaml", "loss_normalization: banana\noutput_dir: o\n")
+    with pytest.raises(RecipeError, match="loss_normalization must be 'token' or 'sequence'"):
+        parse_recipe([recipe])
+
+
+def test_shipped_recipes_parse(monkeypatch):
+    import glob
+    import os
+
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    recipes = sorted(glob.glob(os.path.join("recipes", "*.yaml")))
+    assert "recipes/demo.yaml" in recipes and "recipes/full.yaml" in recipes
+    for recipe in recipes:
+        parse_recipe([recipe, "--output_dir", "/tmp/unused", "--use_cpu", "true", "--bf16", "false"])
