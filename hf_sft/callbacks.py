@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from hf_sft.evaluation import EvalProblems, run_evaluation, summary_to_metrics
 from hf_sft.generation import GenerationBackend, SamplingSettings
+from hf_sft.results import completed_eval_steps
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class GenerationEvalCallback(TrainerCallback):
         self.trainer.log({**summary_to_metrics(summary), "eval_step": step})
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run already has results for the steps it evaluated before it stopped: keep them,
+        # do not evaluate those steps again (training is deterministic, so they are the same steps).
+        self.done_steps |= completed_eval_steps(args.output_dir)
         if should_evaluate(state.global_step, self.eval_steps, self.baseline):
             self._evaluate(state.global_step)
 
@@ -61,5 +65,6 @@ class GenerationEvalCallback(TrainerCallback):
             self._evaluate(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.eval_steps and state.global_step not in self.done_steps:
+        finished = state.max_steps and state.global_step >= state.max_steps
+        if self.eval_steps and finished and state.global_step not in self.done_steps:
             self._evaluate(state.global_step)

@@ -26,6 +26,7 @@ from datasets import Dataset
 
 from hf_sft import builtin_assets
 from hf_sft.core import encode_prompt_and_output
+from hf_sft.grader import last_boxed
 from hf_sft.prompts import format_prompt, load_template
 
 logger = logging.getLogger(__name__)
@@ -103,23 +104,6 @@ def load_records(source: str, split: str = "train") -> tuple[Dataset, str]:
 # Formatting into prompt/response pairs
 
 _GSM8K_CALC = re.compile(r"<<[^>]*>>")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), with balanced braces."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def target_text(reasoning: str, answer: str) -> str:

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-TASK_VERSION = "addition-v1"
+TASK_VERSION = "addition-v3"
 
 
 def addition_example(a: int, b: int) -> dict:
@@ -23,8 +23,12 @@ def addition_example(a: int, b: int) -> dict:
     carry = ones // 10
     tens = tens_a + tens_b + carry
     total = a + b
-    steps = [f"ones: {ones_a} + {ones_b} = {ones}, write {ones % 10} carry {carry}."]
-    steps.append(f"tens: {tens_a} + {tens_b} + {carry} = {tens}, write {tens}.")
+    # Restating the numbers first turns the long-range digit lookups into a verbatim copy plus
+    # short-range lookups, which a tiny model learns much sooner.
+    steps = [f"{a} + {b}: ones {ones_a} + {ones_b} = {ones}, write {ones % 10} carry {carry}."]
+    steps.append(f"tens {tens_a} + {tens_b} + {carry} = {tens}, write {tens}.")
+    # Spelling out how the written digits join makes the answer a copy of the trace's last number.
+    steps.append(f"{tens} then {ones % 10} gives {total}.")
     reasoning = " " + " ".join(steps)
     return {
         "problem": f"What is {a} + {b}?",

@@ -42,11 +42,20 @@ def write_eval_results(output_dir, eval_step: int, records: list[dict], summary:
     summary on disk always has its per-example log beside it)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     directory = eval_logs_dir(output_dir)
+    # A log left without its summary by a crash is superseded by this evaluation of the same step.
+    for orphan in directory.glob(f"eval_step_{eval_step}_*.jsonl"):
+        if not (directory / f"summary_{orphan.stem}.json").exists():
+            orphan.unlink()
     log_path = directory / f"eval_step_{eval_step}_{stamp}.jsonl"
     summary_path = directory / f"summary_eval_step_{eval_step}_{stamp}.json"
     atomic_write_text(log_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return log_path, summary_path
+
+
+def completed_eval_steps(output_dir) -> set[int]:
+    """Steps with a summary on disk (a summary is written after its per-example log)."""
+    return {s["eval_step"] for s in read_summaries(output_dir) if "eval_step" in s}
 
 
 def read_summaries(output_dir) -> list[dict]:

@@ -18,12 +18,12 @@ if __package__ in (None, ""):  # run as a script (`accelerate launch hf_sft/trai
 import datasets
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data import prepare_train_dataset
 from hf_sft.modeling import load_model, load_tokenizer
+from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
 from hf_sft.trainer import PadToLongestCollator, SFTTrainer
 
 logger = logging.getLogger("hf_sft.train")
@@ -38,12 +38,12 @@ def setup_logging(training_args) -> None:
 
 
 def resolve_checkpoint(training_args) -> str | None:
-    """`resume_from_checkpoint: auto` (or true) resumes from the newest checkpoint in output_dir."""
+    """`resume_from_checkpoint: auto` (or true) resumes from the newest complete checkpoint in output_dir."""
     resume = training_args.resume_from_checkpoint
     if resume in (None, "", False, "false", "False"):
         return None
     if resume in (True, "true", "True", "auto"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = latest_complete_checkpoint(training_args.output_dir)
         if last is None:
             logger.info("No checkpoint in %s yet: starting from scratch", training_args.output_dir)
         return last
@@ -112,12 +112,18 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     # 5. Generation-based evaluation at eval_steps, as a callback.
     grader = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)
 
-    # 6. Train (resuming when asked), then save a loadable checkpoint and the state.
+    # 6. Train (resuming when asked; SIGTERM saves a checkpoint and stops), then save the final model.
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
     try:
         trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     finally:
         if grader is not None:
             grader.close()
+    if preemption.preempted:
+        logger.warning("Preempted at step %d; a checkpoint is in %s. Resume with the same command plus "
+                       "--resume_from_checkpoint auto", trainer.state.global_step, training_args.output_dir)
+        return trainer
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():

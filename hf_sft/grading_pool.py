@@ -1,0 +1,287 @@
+"""A process pool that grades untrusted model output with a hard per-item deadline.
+
+Why not ``multiprocessing.Pool`` / ``concurrent.futures``: neither can abandon one stuck item, and a CAS call
+on hostile input can hang in C code (big-integer arithmetic) where no signal reaches it. Here each worker
+reports every item as it finishes, so the parent knows which item a worker is on and since when; a worker
+past the deadline is killed (SIGKILL) and replaced, its item scores 0 as ``timed_out``, and the rest of its
+chunk goes back to the queue. The parent uses no signals (``multiprocessing.connection.wait``), so ``grade``
+works from any thread. Workers use no alarms either (math-verify's are switched off): an exception raised at
+an arbitrary bytecode can leave sympy/mpmath caches half-updated (seen: after an alarm interrupted
+``e^{e^{e^{e^{e}}}}``, ``\\infty^{\\infty}`` graded equal to 72), so an item that overruns costs its worker,
+and a worker that raised retires: no later item shares a process with an interrupted computation.
+
+Workers start with the ``forkserver`` method (``spawn`` where unavailable), never ``fork``: the trainer has
+torch threads. The forkserver preloads this package and math-verify, so a replacement worker starts in
+milliseconds. Each worker caps its heap growth (``RLIMIT_DATA``) so one ``10^{10^{10}}`` cannot exhaust RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait
+
+from hf_sft import grader
+from hf_sft.grader import REWARD_FNS, GradeResult, failure_type, grade_one
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 120.0
+MAX_START_FAILURES = 3
+PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grading_pool", "math_verify"]
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _limit_memory(memory_limit_mb: int | None) -> None:
+    """Cap heap growth at current use + the limit (RLIMIT_DATA: unlike RLIMIT_AS it ignores mapped libraries)."""
+    if not memory_limit_mb:
+        return
+    try:
+        import resource
+
+        with open("/proc/self/status") as f:
+            used_kb = next(int(line.split()[1]) for line in f if line.startswith("VmData:"))
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = used_kb * 1024 + memory_limit_mb * 2**20
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+
+
+def _test_hook(ground_truth: str) -> None:
+    """Deliberately bad items, enabled only by ``GradingPool(_test_hooks=True)``, never by model output:
+    ``__sleep__:S`` sleeps S seconds, ``__die__`` exits the worker."""
+    if ground_truth.startswith("__sleep__:"):
+        time.sleep(float(ground_truth.split(":", 1)[1]))
+    elif ground_truth == "__die__":
+        os._exit(3)
+
+
+def _fallback(task: tuple, timed_out: bool, error: str | None) -> tuple:
+    """Result row for an item that was not graded: rewards 0, format still judged (string scans only)."""
+    idx, reward_fn, response, _, finish_reason, _ = task
+    failure = failure_type(response, reward_fn, finish_reason)
+    return (idx, float(failure is None), 0.0, 0.0, timed_out, error, failure)
+
+
+def _grade_task(task: tuple, test_hooks: bool) -> tuple:
+    idx, reward_fn, response, ground_truth, finish_reason, fast_path = task
+    try:
+        if test_hooks:
+            _test_hook(ground_truth)
+        r = grade_one(response, ground_truth, reward_fn, finish_reason, fast_path=fast_path)
+    except Exception as e:  # MemoryError and RecursionError included
+        return _fallback(task, False, f"{type(e).__name__}: {str(e)[:200]}")
+    return (idx, r.format_reward, r.answer_reward, r.reward, False, None, r.failure_type)
+
+
+def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
+    grader.MATH_VERIFY_TIMEOUT_S = None  # no alarms: an interrupted sympy can be left inconsistent
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    _limit_memory(memory_limit_mb)
+    grader.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        for task in chunk:
+            row = _grade_task(task, test_hooks)
+            conn.send(row)
+            if row[5]:
+                return  # an exception escaped mid-computation: state may be half-updated, so retire
+
+
+# ---------------------------------------------------------------- parent side
+
+
+class _Worker:
+    def __init__(self, ctx, args: tuple):
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, *args), daemon=True, name="hf-sft-grader")
+        self.proc.start()
+        child_conn.close()  # so the parent sees EOF when the worker dies
+        self.ready = False
+        self.since = time.monotonic()  # start time, or when its current item started
+        self.inflight: deque[int] = deque()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+class GradingPool:
+    """Grades responses in worker processes; no item can take more than ``timeout`` seconds.
+
+    >>> with GradingPool(timeout=5.0) as pool:
+    ...     results = pool.grade(responses, ground_truths, reward_fn="r1_zero", finish_reasons=reasons)
+    """
+
+    def __init__(self, num_workers: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, chunk_size: int = 32,
+                 memory_limit_mb: int | None = 2048, start_method: str | None = None, _test_hooks: bool = False):
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = float(timeout)
+        self.chunk_size = max(1, int(chunk_size))
+        self.restarts = 0  # workers killed or lost and replaced, over the pool's life
+        self._ctx = _context(start_method)
+        self._args = (memory_limit_mb, _test_hooks)
+        self._lock = threading.Lock()
+        self._start_failures = 0
+        self._workers = [_Worker(self._ctx, self._args) for _ in range(num_workers or min(4, os.cpu_count() or 1))]
+
+    def __enter__(self) -> "GradingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (politely, then by force)."""
+        with self._lock:
+            for w in self._workers:
+                try:
+                    w.conn.send(None)
+                except (OSError, ValueError):
+                    pass
+            for w in self._workers:
+                w.proc.join(2)
+                w.kill()
+            self._workers = []
+
+    def grade(self, responses, ground_truths, reward_fn: str = "r1_zero", finish_reasons=None, *,
+              fast_path: bool = True) -> list[GradeResult]:
+        """One ``GradeResult`` per response, in order. Timed-out or failed items score 0 and say so."""
+        if reward_fn not in REWARD_FNS:
+            raise ValueError(f"reward_fn must be one of {sorted(REWARD_FNS)}, got {reward_fn!r}")
+        responses, ground_truths = list(responses), list(ground_truths)
+        reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(responses)
+        if not len(responses) == len(ground_truths) == len(reasons):
+            raise ValueError("responses, ground_truths and finish_reasons must have the same length")
+        tasks = [(i, reward_fn, str(r or ""), str(g), f, fast_path)
+                 for i, (r, g, f) in enumerate(zip(responses, ground_truths, reasons))]
+        with self._lock:
+            if not self._workers:
+                raise RuntimeError("GradingPool is closed")
+            rows = self._run(tasks)
+        return [GradeResult(*row[1:]) for row in rows]
+
+    # -- the loop: dispatch chunks to idle workers, collect rows, kill what is past its deadline
+
+    def _run(self, tasks: list[tuple]) -> list[tuple]:
+        rows: list[tuple | None] = [None] * len(tasks)
+        pending = deque(range(len(tasks)))
+        left = len(tasks)
+        while left:
+            self._dispatch(tasks, pending)
+            ready = wait([w.conn for w in self._workers], timeout=self._next_wakeup())
+            for w in [w for w in self._workers if w.conn in ready]:
+                left -= self._collect(w, tasks, rows, pending)
+            left -= self._enforce_deadlines(tasks, rows, pending)
+        return rows
+
+    def _dispatch(self, tasks: list[tuple], pending: deque) -> None:
+        idle = [w for w in self._workers if w.ready and not w.inflight]
+        for w in idle:
+            if not pending:
+                return
+            size = min(self.chunk_size, math.ceil(len(pending) / len(self._workers)))
+            ids = [pending.popleft() for _ in range(min(size, len(pending)))]
+            w.inflight.extend(ids)
+            w.since = time.monotonic()
+            try:
+                w.conn.send([tasks[i] for i in ids])
+            except (OSError, ValueError):  # died while idle: nothing of this chunk is to blame
+                self._retire(w, pending)
+
+    def _collect(self, w: _Worker, tasks, rows, pending) -> int:
+        """Read everything a worker has sent; returns how many items it finished."""
+        done = 0
+        try:
+            while w.conn.poll():
+                row = w.conn.recv()
+                w.since = time.monotonic()
+                if row[0] == "ready":
+                    w.ready, self._start_failures = True, 0
+                    continue
+                idx = w.inflight.popleft()
+                assert idx == row[0], "worker answered out of order"
+                rows[idx] = row
+                done += 1
+                if row[5]:  # failed: the worker retires itself after such an item
+                    self._retire(w, pending)
+                    return done
+        except (EOFError, OSError):
+            w.proc.join(1)
+            done += self._fail_current(w, tasks, rows, f"worker died (exit code {w.proc.exitcode})")
+            self._retire(w, pending)
+        return done
+
+    def _enforce_deadlines(self, tasks, rows, pending) -> int:
+        done, now = 0, time.monotonic()
+        for w in list(self._workers):
+            if w.inflight and now - w.since > self.timeout:
+                done += self._fail_current(w, tasks, rows, None)
+                logger.warning("grading item timed out after %.1fs; worker killed", self.timeout)
+                self._retire(w, pending)
+            elif not w.ready and now - w.since > READY_TIMEOUT_S:
+                self._retire(w, pending)
+        return done
+
+    @staticmethod
+    def _fail_current(w: _Worker, tasks, rows, error: str | None) -> int:
+        """Charge the item ``w`` is on: timed out when ``error`` is None."""
+        if not w.inflight:
+            return 0
+        head = w.inflight.popleft()
+        rows[head] = _fallback(tasks[head], timed_out=error is None, error=error)
+        return 1
+
+    def _retire(self, w: _Worker, pending: deque) -> None:
+        """Kill ``w``, put its unfinished items back at the front of the queue, start a fresh worker."""
+        w.kill()
+        self.restarts += 1
+        pending.extendleft(reversed(w.inflight))
+        if not w.ready:
+            self._start_failures += 1
+            if self._start_failures > MAX_START_FAILURES:
+                raise RuntimeError("grading workers fail to start; see their stderr")
+        self._workers[self._workers.index(w)] = _Worker(self._ctx, self._args)
+
+    def _next_wakeup(self) -> float:
+        now, ends = time.monotonic(), [1.0]
+        for w in self._workers:
+            if w.inflight:
+                ends.append(w.since + self.timeout - now)
+            elif not w.ready:
+                ends.append(w.since + READY_TIMEOUT_S - now)
+        return max(0.0, min(ends)) + 0.001
+
+
+def _context(start_method: str | None):
+    """forkserver (preloading the grader) or spawn; never fork, the parent has threads."""
+    methods = multiprocessing.get_all_start_methods()
+    method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+    if method == "fork":
+        raise ValueError("GradingPool does not fork: the caller has threads (torch); use forkserver or spawn")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx

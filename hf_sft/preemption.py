@@ -1,0 +1,78 @@
+"""Surviving preemption: SIGTERM -> checkpoint at the next step boundary, and resume from the newest
+complete checkpoint.
+
+Slurm (and most schedulers) send SIGTERM some time before killing a job. The handler only sets a flag;
+the callback turns it into `should_save` + `should_training_stop` at the next step end, so the
+checkpoint is written by the Trainer's own code, between steps, never from inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) parses.
+
+    A checkpoint killed while being written lacks it, or holds a truncated one: never chosen.
+    """
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    steps = sorted(((int(m.group(1)), p) for p in directory.iterdir()
+                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    for step, path in steps:
+        state = path / "trainer_state.json"
+        try:
+            if json.loads(state.read_text()).get("global_step") == step:
+                return str(path)
+        except (OSError, json.JSONDecodeError):
+            pass
+        logger.warning("Skipping incomplete checkpoint %s", path)
+    return None
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM (or SIGUSR1), save a checkpoint at the next step boundary and stop cleanly."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in self.signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            logger.warning("Received %s: saving a checkpoint at step %d and stopping",
+                           signal.Signals(self.received).name, state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @property
+    def preempted(self) -> bool:
+        return self.received is not None
