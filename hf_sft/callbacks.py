@@ -19,6 +19,17 @@ from hf_sft.results import completed_eval_steps
 logger = logging.getLogger(__name__)
 
 
+def log_side_metrics(trainer, metrics: dict) -> None:
+    """``trainer.log`` from inside a callback, without eating the step's own training log.
+
+    ``Trainer.log`` resets ``control.should_log``; called from ``on_step_end`` at a logging step it
+    would drop that step's loss from ``log_history`` (and the trackers). Keep the flag as it was.
+    """
+    should_log = trainer.control.should_log
+    trainer.log(metrics)
+    trainer.control.should_log = should_log
+
+
 def should_evaluate(step: int, eval_steps: int | None, baseline: bool) -> bool:
     if step == 0:
         return baseline
@@ -51,7 +62,7 @@ class GenerationEvalCallback(TrainerCallback):
                                  output_dir=self.trainer.args.output_dir, model_name=self.model_name,
                                  reward_fn=self.reward_fn)
         self.summaries.append(summary)
-        self.trainer.log({**summary_to_metrics(summary), "eval_step": step})
+        log_side_metrics(self.trainer, {**summary_to_metrics(summary), "eval_step": step})
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run already has results for the steps it evaluated before it stopped: keep them,
