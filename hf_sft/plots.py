@@ -1,0 +1,227 @@
+"""Plots of how a run's evaluations progress, and of several runs side by side (PNG, matplotlib Agg).
+
+Reads only what a run has on disk: its results/ (through ``hf_sft.results.read_summaries``) and, for the
+training curves, ``trainer_state.json``. A run may be half-written (still training, or killed): a missing
+or unreadable summary is skipped, a per-example log line that does not parse is skipped, and a plot with
+nothing to show is not drawn, so a report can be built at any moment of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hf_sft.results import eval_logs_dir, read_summaries  # noqa: E402
+
+CATEGORY_COLORS = {"correct": "#2e7d32", "wrong_answer": "#f9a825", "format_failure": "#c62828"}
+_LOG_NAME = re.compile(r"^eval_step_(\d+)_(.+)\.jsonl$")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---------------------------------------------------------------- reading a run
+
+
+def load_summaries(run_dir) -> list[dict]:
+    """Readable summaries, one per eval step (the latest when a step was evaluated twice), by step."""
+    by_step = {}
+    for s in read_summaries(run_dir):
+        if isinstance(s, dict) and isinstance(s.get("eval_step"), int) and isinstance(s.get("metrics"), dict):
+            by_step[s["eval_step"]] = s  # read_summaries is sorted by step, then file name (timestamp)
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def load_records(run_dir) -> dict[int, list[dict]]:
+    """Per-example eval records by step (the latest log of a step); lines that do not parse are skipped."""
+    latest: dict[int, Path] = {}
+    for path in sorted(eval_logs_dir(run_dir).glob("eval_step_*.jsonl")):
+        m = _LOG_NAME.match(path.name)
+        if m:
+            latest[int(m.group(1))] = path
+    out = {}
+    for step, path in sorted(latest.items()):
+        records = []
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        out[step] = records
+    return out
+
+
+def load_train_history(run_dir) -> list[dict]:
+    """Training log entries (those with a loss) from trainer_state.json, or the newest checkpoint's."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "trainer_state.json"]
+    checkpoints = [p for p in run_dir.glob("checkpoint-*/trainer_state.json") if _CHECKPOINT.match(p.parent.name)]
+    candidates += sorted(checkpoints, key=lambda p: int(_CHECKPOINT.match(p.parent.name).group(1)), reverse=True)
+    for path in candidates:
+        try:
+            history = json.loads(path.read_text()).get("log_history", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        return [h for h in history if isinstance(h, dict) and "loss" in h and "step" in h]
+    return []
+
+
+def _metric(summaries, key):
+    return [s["metrics"].get(key) for s in summaries]
+
+
+def _steps(summaries):
+    return [s["eval_step"] for s in summaries]
+
+
+def _pct(summary, section, key) -> float:
+    return float(summary.get(section, {}).get(key, {}).get("percentage", 0.0))
+
+
+# ---------------------------------------------------------------- one run
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _line(ax, x, y, **kw):
+    """Plot y against x, leaving out points whose value is missing (None)."""
+    pts = [(a, b) for a, b in zip(x, y) if b is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", **kw)
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn (no values yet): no empty legend box
+        ax.legend(**kw)
+
+
+def plot_accuracy(summaries, path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    steps = _steps(summaries)
+    _line(ax, steps, _metric(summaries, "accuracy"), label="accuracy", color=CATEGORY_COLORS["correct"])
+    _line(ax, steps, _metric(summaries, "format_accuracy"), label="format accuracy", color="#1565c0", ls="--")
+    ax.set(xlabel="training step", ylabel="fraction of eval problems", ylim=(-0.02, 1.02),
+           title="Accuracy and format accuracy")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _save(fig, Path(path))
+
+
+def plot_categories(summaries, path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    steps = _steps(summaries)
+    series = [[_pct(s, "categorization", c) for s in summaries] for c in CATEGORY_COLORS]
+    if len(steps) > 1:
+        ax.stackplot(steps, *series, labels=list(CATEGORY_COLORS), colors=list(CATEGORY_COLORS.values()), alpha=0.85)
+    else:  # one eval: a stacked bar says the same and an area would be invisible
+        bottom = 0.0
+        for (name, color), values in zip(CATEGORY_COLORS.items(), series):
+            ax.bar(steps, values, bottom=bottom, color=color, label=name, width=1.0)
+            bottom += values[0]
+    ax.set(xlabel="training step", ylabel="% of eval problems", ylim=(0, 100), title="Outcome categories")
+    _legend(ax, loc="upper left", fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_length_entropy(summaries, path) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    steps = _steps(summaries)
+    _line(ax1, steps, _metric(summaries, "avg_response_length"), label="all", color="#9e9e9e", lw=5, alpha=0.6)
+    _line(ax1, steps, _metric(summaries, "avg_response_length_correct"), label="correct",
+          color=CATEGORY_COLORS["correct"])
+    _line(ax1, steps, _metric(summaries, "avg_response_length_incorrect"), label="incorrect",
+          color=CATEGORY_COLORS["format_failure"])
+    ax1.set(xlabel="training step", ylabel="tokens", title="Response length")
+    _legend(ax1, fontsize="small")
+    _line(ax2, steps, _metric(summaries, "avg_token_entropy"), color="#6a1b9a")
+    ax2.set(xlabel="training step", ylabel="nats", title="Mean token entropy of responses")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_failures(summaries, path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    steps = _steps(summaries)
+    kinds = sorted({k for s in summaries for k in s.get("format_failure_analysis", {})})
+    for kind in kinds:
+        _line(ax, steps, [_pct(s, "format_failure_analysis", kind) for s in summaries], label=kind)
+    ax.set(xlabel="training step", ylabel="% of eval problems", ylim=(-2, 102), title="Format failures by type")
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_training(history, path) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    steps = [h["step"] for h in history]
+    _line(ax1, steps, [h.get("loss") for h in history], label="loss (NLL / response token)", color="#424242",
+          markersize=2)
+    _line(ax1, steps, [h.get("entropy") for h in history], label="token entropy", color="#6a1b9a", markersize=2)
+    ax1.set(xlabel="training step", title="Training loss and entropy")
+    _legend(ax1, fontsize="small")
+    _line(ax2, steps, [h.get("token_accuracy") for h in history], color="#2e7d32", markersize=2)
+    ax2.set(xlabel="training step", ylabel="fraction", title="Token accuracy (teacher forcing)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+RUN_PLOTS = {
+    "accuracy.png": plot_accuracy,
+    "categories.png": plot_categories,
+    "format_failures.png": plot_failures,
+    "length_entropy.png": plot_length_entropy,
+}
+
+
+def plot_run(run_dir, out_dir) -> list[Path]:
+    """Every plot this run's files allow, written into out_dir; [] when nothing has been evaluated yet."""
+    summaries = load_summaries(run_dir)
+    paths = [fn(summaries, Path(out_dir) / name) for name, fn in RUN_PLOTS.items()] if summaries else []
+    history = load_train_history(run_dir)
+    if history:
+        paths.append(plot_training(history, Path(out_dir) / "training.png"))
+    return paths
+
+
+# ---------------------------------------------------------------- several runs
+
+
+def plot_accuracy_comparison(runs: list[tuple[str, list[dict]]], path) -> Path:
+    """Validation accuracy of several runs (label, summaries) on one plot."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    for label, summaries in runs:
+        _line(ax, _steps(summaries), _metric(summaries, "accuracy"), label=label)
+    ax.set(xlabel="training step", ylabel="accuracy", ylim=(-0.02, 1.02), title="Validation accuracy by run")
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_final_best(rows: list[dict], path) -> Path:
+    """Bars of final and best accuracy per run (rows from ``report.comparison_rows``)."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["final_accuracy"] or 0 for r in rows], width=0.4, label="final")
+    ax.bar([i + 0.2 for i in x], [r["best_accuracy"] or 0 for r in rows], width=0.4, label="best")
+    ax.set_xticks(list(x), [r["run"] for r in rows], rotation=20)
+    ax.set(ylabel="accuracy", ylim=(0, 1.05), title="Final and best validation accuracy")
+    _legend(ax, fontsize="small")
+    return _save(fig, Path(path))
