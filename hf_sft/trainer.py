@@ -3,6 +3,13 @@
 Only ``compute_loss`` (the loss and its metrics), ``get_batch_samples`` (counting response
 tokens for normalisation) and ``log`` (adding the metrics) are overridden; the loop, the
 optimizer, schedules, clipping, mixed precision and checkpoints are the Trainer's own.
+
+Four exact optimisations sit inside ``compute_loss``, each a recipe switch in ``SFTConfig``
+(measured in docs/benchmarks.md): ``padding_free`` (the padded microbatch is unpadded into one
+row, attention kept within each example: ``hf_sft/packing.py``), ``shared_prefix`` (the prompt
+prefix common to the microbatch's examples is computed once), ``response_only_lm_head`` (the LM
+head sees only the hidden states of response positions) and ``fused_lm_head`` (head, NLL,
+entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/losses.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,13 @@ import torch
 from transformers import Trainer
 
 from hf_sft.core import compute_entropy
+from hf_sft.losses import fused_linear_nll, plain_linear_nll
+from hf_sft.packing import VARLEN_SDPA, enable_padding_free, unpad
+
+# Config attributes of models whose logits are not plain hidden @ W.T (+ b): the hidden-state
+# paths below would compute a different distribution, so they are refused for such models.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
+                     "lm_head_multiplier")
 
 
 @dataclass
@@ -62,6 +76,19 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._metric_sums = self._zero_metrics()
+        if self._uses_hidden_states():
+            config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+                else self.model.config
+            transforms = [k for k in _LOGIT_TRANSFORMS if getattr(config, k, None) not in (None, 1.0)]
+            if transforms:
+                raise ValueError(f"the model scales its logits ({', '.join(transforms)}); response_only_lm_head "
+                                 "and fused_lm_head would skip that: set both to false for this model")
+        self._attn_implementation = None
+        if getattr(self.args, "padding_free", False):
+            self._attn_implementation = enable_padding_free(self.model)
+
+    def _uses_hidden_states(self) -> bool:
+        return bool(getattr(self.args, "response_only_lm_head", False) or getattr(self.args, "fused_lm_head", False))
 
     @staticmethod
     def _zero_metrics() -> dict[str, float]:
@@ -77,26 +104,87 @@ class SFTTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return batch_samples, count
 
+    def _model_inputs(self, inputs) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Model kwargs plus the labels and response mask aligned with the model's token positions."""
+        if getattr(self.args, "padding_free", False):
+            # Only the varlen SDPA of hf_sft.packing understands a shared prefix; flash attention does not.
+            share = getattr(self.args, "shared_prefix", False) and self._attn_implementation == VARLEN_SDPA
+            packed = unpad(inputs, share_prefix=share)
+            model_inputs = {k: packed[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                                   "max_length_q", "max_length_k")}
+            if packed["shared_prefix_length"]:
+                model_inputs["shared_prefix_length"] = packed["shared_prefix_length"]
+            return model_inputs, packed["labels"], packed["response_mask"]
+        model_inputs = {"input_ids": inputs["input_ids"]}
+        if "attention_mask" in inputs:
+            model_inputs["attention_mask"] = inputs["attention_mask"]
+        return model_inputs, inputs["labels"], inputs["response_mask"]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        response_mask = inputs["response_mask"]
-        labels = inputs["labels"].clamp(min=0)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logits = outputs.logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        mask = response_mask.to(log_probs.dtype)
-        nll_sum = -(log_probs * mask).sum()
+        num_sequences = inputs["input_ids"].shape[0]
+        model_inputs, labels, response_mask = self._model_inputs(inputs)
+        labels = labels.clamp(min=0)
+        if self._uses_hidden_states():
+            outputs, head = self._head_from_hidden_states(model, model_inputs, labels, response_mask)
+            nll_sum = head.nll_sum
+        else:
+            outputs = model(**model_inputs, use_cache=False)
+            logits = outputs.logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            nll_sum = -(log_probs * response_mask.to(log_probs.dtype)).sum()
+            head = None
 
         if self.args.loss_normalization == "token":
-            denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+            denominator = num_items_in_batch if num_items_in_batch is not None else response_mask.sum()
             # DDP averages gradients over processes; the denominator already counts all of them.
             loss = nll_sum / denominator.clamp(min=1) * self.accelerator.num_processes
         else:
             ga = self.args.gradient_accumulation_steps if model.training else 1
-            loss = nll_sum / (self.args.normalize_constant * logits.shape[0] * ga)
+            loss = nll_sum / (self.args.normalize_constant * num_sequences * ga)
 
         if model.training:
-            self._accumulate_metrics(logits, labels, response_mask, nll_sum)
+            if head is None:
+                self._accumulate_metrics(logits, labels, response_mask, nll_sum)
+            else:
+                self._accumulate_head_metrics(head, response_mask, nll_sum)
         return (loss, outputs) if return_outputs else loss
+
+    def _head_from_hidden_states(self, model, model_inputs, labels, response_mask):
+        """Run the body only (no logits), then the LM head on the positions the loss reads.
+
+        The call still goes through ``model`` (DDP, compile and hooks see an ordinary forward);
+        ``logits_to_keep`` with no index makes the model's own head a no-op, and the final hidden
+        states come back as ``hidden_states[-1]`` (after the last norm).
+        """
+        no_positions = torch.empty(0, dtype=torch.long, device=labels.device)
+        outputs = model(**model_inputs, use_cache=False, logits_to_keep=no_positions, output_hidden_states=True)
+        hidden = outputs.hidden_states[-1]
+        lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if self.args.response_only_lm_head:
+            hidden, targets, weights = hidden[response_mask], labels[response_mask], None
+        else:
+            hidden, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+            weights = response_mask.reshape(-1).to(hidden.dtype)
+        if self.args.fused_lm_head:
+            head = fused_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights,
+                                    chunk_tokens=self.args.lm_head_chunk_size or None)
+        else:
+            head = plain_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights)
+        if weights is not None:  # statistics of response positions only
+            keep = weights.bool()
+            head.entropy, head.correct, head.log_probs = head.entropy[keep], head.correct[keep], head.log_probs[keep]
+        return outputs, head
+
+    @torch.no_grad()
+    def _accumulate_head_metrics(self, head, response_mask, nll_sum):
+        """The same sums as ``_accumulate_metrics``, from the per-token statistics the head computed.
+
+        One device-to-host copy for all four (each ``.item()`` is a synchronisation on GPU).
+        """
+        sums = torch.stack([head.entropy.double().sum(), head.correct.sum().double(),
+                            response_mask.sum().double(), nll_sum.detach().double()]).tolist()
+        for key, value in zip(("entropy_sum", "correct", "response_tokens", "nll_sum"), sums):
+            self._metric_sums[key] += value
 
     @torch.no_grad()
     def _accumulate_metrics(self, logits, labels, response_mask, nll_sum):

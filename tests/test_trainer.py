@@ -48,7 +48,9 @@ def test_one_batch_of_8_equals_4_microbatches_of_2(tmp_path, bpe_tokenizer, norm
     feats = features(bpe_tokenizer)
     g8 = accumulated_grads(make_trainer(tmp_path, bpe_tokenizer, 8, 1, normalization), feats, 8)
     g2 = accumulated_grads(make_trainer(tmp_path, bpe_tokenizer, 2, 4, normalization), feats, 2)
-    assert torch.allclose(g8, g2, rtol=1e-4, atol=1e-7)
+    # fp32: summation order differs between 1 and 4 microbatches (and with the shared prefix, between a
+    # prefix shared by 8 examples and by 2); gradients reach ~14 with sequence normalisation.
+    torch.testing.assert_close(g8, g2, rtol=1e-4, atol=1e-6 * float(g2.abs().max()))
 
 
 def test_token_loss_is_mean_nll_over_response_tokens_only(tmp_path, bpe_tokenizer):
