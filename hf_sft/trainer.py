@@ -14,6 +14,7 @@ entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/losses.py``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ from transformers import Trainer
 from hf_sft.core import compute_entropy
 from hf_sft.losses import fused_linear_nll, plain_linear_nll
 from hf_sft.packing import VARLEN_SDPA, enable_padding_free, unpad
+
+logger = logging.getLogger(__name__)
 
 # Config attributes of models whose logits are not plain hidden @ W.T (+ b): the hidden-state
 # paths below would compute a different distribution, so they are refused for such models.
@@ -83,9 +86,20 @@ class SFTTrainer(Trainer):
             if transforms:
                 raise ValueError(f"the model scales its logits ({', '.join(transforms)}); response_only_lm_head "
                                  "and fused_lm_head would skip that: set both to false for this model")
+        if self._uses_hidden_states() and self._head_weight_is_sharded():
+            # FSDP / ZeRO-3 gather the head's weight only inside the model's forward; ours reads it after.
+            logger.warning("response_only_lm_head and fused_lm_head are off under FSDP / DeepSpeed ZeRO-3 (the LM "
+                           "head's weight is sharded outside the model's forward); the plain loss path is used")
+            self.args.response_only_lm_head = self.args.fused_lm_head = False
         self._attn_implementation = None
         if getattr(self.args, "padding_free", False):
             self._attn_implementation = enable_padding_free(self.model)
+
+    def _head_weight_is_sharded(self) -> bool:
+        if getattr(self, "is_fsdp_enabled", False):
+            return True
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        return plugin is not None and plugin.zero_stage == 3
 
     def _uses_hidden_states(self) -> bool:
         return bool(getattr(self.args, "response_only_lm_head", False) or getattr(self.args, "fused_lm_head", False))

@@ -87,7 +87,7 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     trainer = SFTTrainer(model=load_model(model_args, args, tokenizer), args=args,
                          train_dataset=prepare_train_dataset(data_args, tokenizer).train,
                          data_collator=PadToLongestCollator(pad_token_id(tokenizer)), processing_class=tokenizer)
-    grader = add_eval_callback(trainer, model_args, data_args, eval_args, args, tokenizer)
+    to_close = add_eval_callback(trainer, model_args, data_args, eval_args, args, tokenizer)
     use_project_trackers(trainer)
     kinds = [type(cb) for cb in trainer.callback_handler.callbacks]
     assert WandbAxesCallback in kinds and TensorBoardAxesCallback in kinds
@@ -97,7 +97,8 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     try:
         trainer.train()
     finally:
-        grader.close()
+        for resource in to_close:
+            resource.close()
         wandb.finish()
 
     printed = capsys.readouterr().out
