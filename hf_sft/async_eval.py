@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from hf_sft.callbacks import log_side_metrics
 from hf_sft.eval_worker import EvalWorker, SharedWeights, WorkerSpec
 from hf_sft.evaluation import summary_to_metrics
-from hf_sft.results import completed_eval_steps
+from hf_sft.results import completed_eval_steps, write_eval_failure
 from hf_sft.vllm_backend import INSTALL_HINT, state_dict_for_push
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class AsyncEvalCallback(TrainerCallback):
 
     def __init__(self, trainer, spec: WorkerSpec, *, eval_steps: int | None, baseline: bool = True,
                  policy: str = "latest", max_restarts: int = 3, drain_timeout_s: float | None = 3600.0,
-                 stopped_early_drain_s: float = 30.0):
+                 stopped_early_drain_s: float = 30.0, eval_timeout_s: float | None = 3600.0):
         if policy not in POLICIES:
             raise ValueError(f"eval policy must be one of {POLICIES}, got {policy!r}")
         self.trainer = trainer
@@ -80,6 +80,8 @@ class AsyncEvalCallback(TrainerCallback):
         self.max_restarts = max_restarts
         self.drain_timeout_s = drain_timeout_s
         self.stopped_early_drain_s = stopped_early_drain_s  # preempted: a checkpoint matters more than an eval
+        self.eval_timeout_s = eval_timeout_s  # a worker with no result this long after its engine was up is killed
+        self._ready_at: float | None = None
         self.worker: EvalWorker | None = None
         self.worker_ready = False  # the current worker's engine is up
         self.worker_starts = 0
@@ -230,13 +232,31 @@ class AsyncEvalCallback(TrainerCallback):
             self._handle(message)
         if not alive:
             self._worker_died()
+        elif self._hung():
+            self._kill_hung_worker()
         self._dispatch()
+
+    def _hung(self) -> bool:
+        job = self.inflight
+        if job is None or self.eval_timeout_s is None or job.dispatched_at is None or not self.worker_ready:
+            return False
+        started = max(job.dispatched_at, self._ready_at or job.dispatched_at)
+        return time.perf_counter() - started > self.eval_timeout_s
+
+    def _kill_hung_worker(self) -> None:
+        job = self.inflight
+        pid = self.worker.pid
+        self.worker.stop(timeout=0)  # SIGKILL: a hung engine does not answer a polite stop
+        self.worker = None
+        self._fail(job, f"eval of step {job.step} gave no result within eval_timeout_s={self.eval_timeout_s:g}s: "
+                        f"worker (pid {pid}) killed; the next eval restarts it")
 
     def _handle(self, message: tuple) -> None:
         kind = message[0]
         job = self.inflight
         if kind == "ready":
             self.worker_ready = True
+            self._ready_at = time.perf_counter()
             logger.info("eval worker ready (engine started in %.1fs)", message[1])
         elif kind == "released" and job is not None and job.step == message[1]:
             job.released = True
@@ -263,6 +283,7 @@ class AsyncEvalCallback(TrainerCallback):
     def _fail(self, job: _Job, error: str) -> None:
         logger.error("%s\nTraining goes on.", error)
         self.records[job.step] = EvalRecord(job.step, "failed", job.stall_s, error=error)
+        write_eval_failure(self.spec.output_dir, job.step, error)
         self.inflight = None
         self.failures_in_a_row += 1
 
@@ -399,4 +420,4 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
         log_level=training_args.get_process_log_level())
     return AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
-                             policy=getattr(eval_args, "eval_policy", None) or "latest")
+                             policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None)

@@ -96,6 +96,11 @@ class EvalArguments:
         metadata={"help": "vllm: what to do when an eval is due while the previous one still runs. latest: keep "
                   "only the newest pending snapshot (training never waits); queue: evaluate every one in order."},
     )
+    eval_timeout_s: float = field(
+        default=3600.0,
+        metadata={"help": "vllm async: an eval with no result this many seconds after the engine is up counts as "
+                  "hung; its worker is killed, the failure logged, and the next eval restarts it. 0 = never."},
+    )
     eval_vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vllm engine memory share."})
     eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
     eval_vllm_kv_cache_memory_bytes: int | None = field(

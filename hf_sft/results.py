@@ -25,6 +25,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others (and by servers)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -51,6 +52,15 @@ def write_eval_results(output_dir, eval_step: int, records: list[dict], summary:
     atomic_write_text(log_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return log_path, summary_path
+
+
+def write_eval_failure(output_dir, eval_step: int, error: str) -> Path:
+    """failed_eval_step_{N}_{T}.json: an eval that produced no results, so the gap is on disk, explained."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = eval_logs_dir(output_dir) / f"failed_eval_step_{eval_step}_{stamp}.json"
+    atomic_write_text(path, json.dumps({"eval_step": eval_step, "status": "failed", "error": error,
+                                        "time": stamp}, indent=2, ensure_ascii=False) + "\n")
+    return path
 
 
 def completed_eval_steps(output_dir) -> set[int]:

@@ -104,10 +104,11 @@ def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_
 
 
 class KillWorkerMidEval:
-    """Test harness: at ``at_step``, wait until the worker's engine is up and evaluating, then SIGKILL it."""
+    """Test harness: at ``at_step``, wait until the worker's engine is up and evaluating, then signal it
+    (SIGKILL: a crash; SIGSTOP: a hang)."""
 
-    def __init__(self, callback, at_step: int):
-        self.callback, self.at_step, self.killed_pid = callback, at_step, None
+    def __init__(self, callback, at_step: int, sig=signal.SIGKILL):
+        self.callback, self.at_step, self.killed_pid, self.sig = callback, at_step, None, sig
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step != self.at_step:
@@ -117,7 +118,7 @@ class KillWorkerMidEval:
             time.sleep(0.2)
             cb.on_step_end(args, state, control)  # lets the callback read its messages (step 3: no new eval)
         self.killed_pid = cb.worker.pid
-        os.kill(self.killed_pid, signal.SIGKILL)
+        os.kill(self.killed_pid, self.sig)
 
     def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
         if name.startswith("on_"):
@@ -145,6 +146,28 @@ def test_a_killed_worker_does_not_stop_training_and_the_next_eval_restarts_it(tm
     done = sorted(r.step for r in callback.records.values() if r.status == "done")
     assert done and done[-1] == 6 and failed[0].step not in done
     assert [e["eval_step"] for e in eval_logs(trainer)] == done
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(tmp_path, caplog):
+    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
+                                   "--eval_max_new_tokens", "128", "--eval_temperature", "1")
+    callback = add_async_eval(trainer, recipe, policy="queue", eval_timeout_s=3.0)
+    hanger = KillWorkerMidEval(callback, at_step=3, sig=signal.SIGSTOP)
+    trainer.add_callback(hanger)
+    with caplog.at_level(logging.INFO, logger="hf_sft"):
+        trainer.train()
+
+    assert trainer.state.global_step == 6
+    failed = [r for r in callback.records.values() if r.status == "failed"]
+    assert len(failed) == 1 and "eval_timeout_s=3s" in failed[0].error
+    with pytest.raises(ProcessLookupError):  # the stopped worker was killed, not left behind
+        os.kill(hanger.killed_pid, 0)
+    gap = list((tmp_path / "run" / "results" / "eval_logs").glob(f"failed_eval_step_{failed[0].step}_*.json"))
+    assert len(gap) == 1 and json.loads(gap[0].read_text())["status"] == "failed"
+    done = sorted(r.step for r in callback.records.values() if r.status == "done")
+    assert done[-1] == 6 and callback.worker_starts == 2
 
 
 @needs_vllm
