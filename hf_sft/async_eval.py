@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from transformers import TrainerCallback
 
-from hf_sft.callbacks import log_side_metrics
+from hf_sft.callbacks import log_side_metrics, should_evaluate
 from hf_sft.eval_worker import EvalWorker, SharedWeights, WorkerSpec
 from hf_sft.evaluation import summary_to_metrics
 from hf_sft.results import completed_eval_steps, write_eval_failure
@@ -31,12 +31,6 @@ from hf_sft.vllm_backend import INSTALL_HINT, state_dict_for_push
 logger = logging.getLogger(__name__)
 
 POLICIES = ("latest", "queue")
-
-
-def should_evaluate(step: int, eval_steps: int | None, baseline: bool) -> bool:
-    if step == 0:
-        return baseline
-    return bool(eval_steps) and step % eval_steps == 0
 
 
 @dataclass
