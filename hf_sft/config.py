@@ -108,6 +108,15 @@ class EvalArguments:
     eval_vllm_dtype: str | None = field(default=None, metadata={"help": "None = the training model's dtype."})
     eval_vllm_enforce_eager: bool = field(default=False, metadata={"help": "No CUDA graphs (faster start)."})
 
+    def __post_init__(self):
+        # Checked at parse time: a typo here must not surface after the model has loaded.
+        choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
+                   "eval_policy": ("latest", "queue"), "eval_reward_fn": ("r1_zero", "question_only")}
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise RecipeError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
 
 @dataclass
 class SFTConfig(TrainingArguments):

@@ -62,12 +62,8 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     """
     if eval_args.eval_backend == "none":
         return []
-    if eval_args.eval_backend not in ("hf", "vllm"):
-        raise RecipeError(f"eval_backend must be none, hf or vllm, got {eval_args.eval_backend!r}")
     if data_args.eval_data is None:
         raise RecipeError(f"eval_backend is {eval_args.eval_backend!r} but the recipe sets no eval_data")
-    if eval_args.eval_mode not in ("async", "blocking"):
-        raise RecipeError(f"eval_mode must be async or blocking, got {eval_args.eval_mode!r}")
     if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
         from hf_sft.async_eval import build_async_eval_callback
 

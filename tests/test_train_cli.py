@@ -41,11 +41,13 @@ def test_evaluating_at_a_logging_step_keeps_that_steps_training_loss(tmp_path):
     assert os.path.exists(os.path.join(out, "report", "report.html"))  # built at the end of the run
 
 
-def test_unknown_eval_mode_is_a_recipe_error(tmp_path):
-    proc = subprocess.run([sys.executable, "hf_sft/train.py", "recipes/demo.yaml", "--output_dir",
-                           str(tmp_path / "run"), "--eval_mode", "sometimes"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "eval_mode must be async or blocking" in proc.stderr
+@pytest.mark.parametrize("key,value", [("eval_mode", "sometimes"), ("eval_backend", "vllm2"),
+                                       ("eval_policy", "newest"), ("eval_reward_fn", "r2")])
+def test_bad_eval_choices_fail_when_the_recipe_is_parsed(key, value):
+    from hf_sft.config import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match=f"{key} must be one of .*got '{value}'"):
+        parse_recipe([os.path.join(REPO_ROOT, "recipes", "demo.yaml"), f"--{key}", value])
 
 
 @pytest.mark.vllm
