@@ -130,6 +130,9 @@ class SFTConfig(TrainingArguments):
     normalize_constant: float = field(default=1.0)
     remove_unused_columns: bool = field(default=False)
     logging_first_step: bool = field(default=True)
+    # transformers turns this on whenever gradient checkpointing is off, which costs DDP an extra pass
+    # over the autograd graph every step; a causal LM uses all its parameters in every forward.
+    ddp_find_unused_parameters: bool | None = field(default=False)
     # Speed and memory recipe options (issue 6). Each is exact: per-example losses and gradients are
     # those of the plain padded path (tests/test_losses.py). Measured in docs/benchmarks.md.
     padding_free: bool = field(
