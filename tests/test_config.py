@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hf_sft.config import RecipeError, parse_recipe
+from tests.conftest import REPO_ROOT
 
 
 def write(path, text):
@@ -56,3 +59,14 @@ def test_shipped_recipes_parse(monkeypatch):
     assert "recipes/demo.yaml" in recipes and "recipes/full.yaml" in recipes
     for recipe in recipes:
         parse_recipe([recipe, "--output_dir", "/tmp/unused", "--use_cpu", "true", "--bf16", "false"])
+
+
+@pytest.mark.parametrize("key", ["model_name_or_path", "tokenizer_name_or_path", "model_config"])
+def test_missing_local_model_path_is_named_before_anything_loads(tmp_path, key):
+    from hf_sft.modeling import ModelLoadError, load_model, load_tokenizer
+
+    missing = str(tmp_path / "no-such-model")
+    argv = [os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--output_dir", str(tmp_path / "run"), f"--{key}", missing]
+    model_args, _, _, training_args = parse_recipe(argv)
+    with pytest.raises(ModelLoadError, match=f"'{missing}' does not exist"):
+        load_model(model_args, training_args, load_tokenizer(model_args))
