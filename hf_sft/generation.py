@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from hf_sft.core import compute_entropy, pad_token_id
 
@@ -55,6 +55,37 @@ class _EntropyRecorder(LogitsProcessor):
     def __call__(self, input_ids, scores):
         self.steps.append(compute_entropy(scores).cpu())
         return scores
+
+
+class StopInResponse(StoppingCriteria):
+    """Stops a row once its *generated* text contains a stop string.
+
+    transformers' ``stop_strings`` match the end of the whole sequence, prompt included, so a prompt
+    ending in ``</ans`` followed by a generated ``wer>`` would stop the row although the response
+    holds no ``</answer>``. Here only new tokens are decoded: a window of the last few, enough to
+    hold any stop string (every token decodes to at least one character), so each step costs
+    one short decode per unfinished row.
+    """
+
+    def __init__(self, stops: list[str], tokenizer, prompt_length: int):
+        self.stops = [s for s in stops if s]
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.window = max((len(s) for s in self.stops), default=0) + 2
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids[:, self.prompt_length:]
+        if not self.stops or new.shape[1] == 0:
+            return self.done.clone()
+        tail = new[:, -self.window:].tolist()
+        for row in (~self.done).nonzero().flatten().tolist():
+            text = self.tokenizer.decode(tail[row], skip_special_tokens=True)
+            if any(stop in text for stop in self.stops):
+                self.done[row] = True
+        return self.done.clone()
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -112,8 +143,8 @@ class HFGenerationBackend:
             temperature=sampling.temperature if do_sample else None,
             top_p=sampling.top_p if do_sample else None,
             top_k=0 if do_sample else None,
-            stop_strings=sampling.stop or None,
-            tokenizer=tok,
+            stopping_criteria=StoppingCriteriaList([StopInResponse(sampling.stop or [], tok,
+                                                                   enc["input_ids"].shape[1])]),
             pad_token_id=pad_id,
             eos_token_id=tok.eos_token_id,
             logits_processor=LogitsProcessorList([recorder]),
