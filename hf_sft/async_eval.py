@@ -5,8 +5,8 @@ shared-memory buffer and queues them for the worker (hf_sft.eval_worker); the tr
 that copy and hand-over (the "stall", logged). Results are logged against the step they belong to
 (`eval/*` with `eval_step`) as soon as they arrive, polled at every step end. While an eval runs, newer
 snapshots wait; with `policy="latest"` (default) only the newest waiting snapshot is kept, with
-`policy="queue"` all are evaluated in order. A dead worker is logged and replaced at the next eval; the
-run ends by draining what is still pending.
+`policy="queue"` all are evaluated in order. A worker that dies, hangs or fails an eval (out of memory,
+say) is logged, stopped and replaced at the next eval; the run ends by draining what is still pending.
 """
 
 from __future__ import annotations
@@ -224,9 +224,11 @@ class AsyncEvalCallback(TrainerCallback):
         alive = self.worker.alive()  # checked first: messages sent before dying are still read below
         for message in self.worker.messages():
             self._handle(message)
-        if not alive:
+            if self.worker is None:  # stopped after a failed eval
+                break
+        if self.worker is not None and not alive:
             self._worker_died()
-        elif self._hung():
+        elif self.worker is not None and self._hung():
             self._kill_hung_worker()
         self._dispatch()
 
@@ -270,6 +272,13 @@ class AsyncEvalCallback(TrainerCallback):
         elif kind == "failed" and job is not None and job.step == message[1]:
             self._last_error = message[2]
             self._fail(job, f"eval of step {job.step} failed in the worker:\n{message[2]}")
+            # An engine that failed mid-generation (out of host or device memory, most often) may hold
+            # half-freed buffers or stuck requests: the next eval gets a fresh worker.
+            logger.error("eval worker (pid %d) stopped after the failure; the next eval restarts it", self.worker.pid)
+            self.worker.stop(timeout=0)
+            self.worker = None
+        elif kind == "broken":  # the worker could not read its next command; it exits after this message
+            self._last_error = message[1]
         elif kind == "fatal":
             self._last_error = message[1]
             logger.error("eval worker could not start:\n%s", message[1])

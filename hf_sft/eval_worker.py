@@ -152,7 +152,11 @@ def worker_main(commands, results) -> None:
     results.put(("ready", backend.startup_s))
     try:
         while True:
-            message = commands.get()
+            try:
+                message = commands.get()
+            except Exception:  # e.g. out of memory mapping the next snapshot: say why before exiting
+                results.put(("broken", traceback.format_exc()))
+                break
             if message[0] == "stop":
                 break
             step, weights = message[1], message[2]

@@ -105,10 +105,11 @@ def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_
 
 class KillWorkerMidEval:
     """Test harness: at ``at_step``, wait until the worker's engine is up and evaluating, then signal it
-    (SIGKILL: a crash; SIGSTOP: a hang)."""
+    (SIGKILL: a crash, or the kernel's OOM killer; SIGSTOP: a hang), or do ``action(pid)`` to it instead."""
 
-    def __init__(self, callback, at_step: int, sig=signal.SIGKILL):
+    def __init__(self, callback, at_step: int, sig=signal.SIGKILL, action=None):
         self.callback, self.at_step, self.killed_pid, self.sig = callback, at_step, None, sig
+        self.action = action or (lambda pid: os.kill(pid, self.sig))
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step != self.at_step:
@@ -118,7 +119,7 @@ class KillWorkerMidEval:
             time.sleep(0.2)
             cb.on_step_end(args, state, control)  # lets the callback read its messages (step 3: no new eval)
         self.killed_pid = cb.worker.pid
-        os.kill(self.killed_pid, self.sig)
+        self.action(self.killed_pid)
 
     def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
         if name.startswith("on_"):
@@ -168,6 +169,42 @@ def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(tmp_p
     assert len(gap) == 1 and json.loads(gap[0].read_text())["status"] == "failed"
     done = sorted(r.step for r in callback.records.values() if r.status == "done")
     assert done[-1] == 6 and callback.worker_starts == 2
+
+
+def cap_address_space(pid: int) -> None:
+    """Limit a running process to the address space it has mapped now: its next large allocation fails,
+    as on a device whose memory is full (a real allocation failure, raised inside the engine)."""
+    import resource
+
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    mapped = int(status["VmSize"].split()[0]) * 1024
+    resource.prlimit(pid, resource.RLIMIT_AS, (mapped, resource.RLIM_INFINITY))
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_worker_out_of_memory_does_not_stop_training_and_is_replaced(tmp_path, caplog):
+    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
+                                   "--eval_max_new_tokens", "128", "--eval_temperature", "1")
+    callback = add_async_eval(trainer, recipe, policy="queue")
+    starve = KillWorkerMidEval(callback, at_step=3, action=cap_address_space)
+    trainer.add_callback(starve)
+    with caplog.at_level(logging.INFO, logger="hf_sft"):
+        trainer.train()
+
+    assert trainer.state.global_step == 6
+    failed = [r for r in callback.records.values() if r.status == "failed"]
+    assert failed, "the starved worker's eval did not fail"
+    # The worker's own traceback is kept (oneDNN reports this failure as "could not create a primitive").
+    assert all("Traceback (most recent call last)" in r.error for r in failed), [r.error[-800:] for r in failed]
+    with pytest.raises(ProcessLookupError):  # the starved worker is gone, not left behind
+        os.kill(starve.killed_pid, 0)
+    assert callback.worker_starts == 2
+    for record in failed:
+        assert list((tmp_path / "run" / "results" / "eval_logs").glob(f"failed_eval_step_{record.step}_*.json"))
+    done = sorted(r.step for r in callback.records.values() if r.status == "done")
+    assert done[-1] == 6 and not set(done) & {r.step for r in failed}
+    assert [e["eval_step"] for e in eval_logs(trainer)] == done
 
 
 @needs_vllm
