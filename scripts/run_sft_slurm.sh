@@ -7,6 +7,8 @@
 #   sbatch scripts/run_sft_slurm.sh recipes/other.yaml            # or any recipe file
 #
 # Submit from the repository root (the job runs in $SLURM_SUBMIT_DIR; recipe paths are relative to it).
+# HF_SFT_ACCELERATE_CONFIG names another accelerate config (default: accelerate_config.yaml, 1 training
+# GPU + 1 eval GPU), e.g. recipes/accelerate_configs/multi_gpu_eval_last.yaml with --gres=gpu:4.
 # Time limit and preemption: --signal=B:TERM@300 makes Slurm send SIGTERM to this script 5 minutes
 # before the limit. The script forwards it to the training process group; the trainer saves a checkpoint
 # at the next step boundary and exits (hf_sft/preemption.py); the script then requeues the job, which
@@ -63,7 +65,7 @@ on_term() {
 trap on_term TERM USR1
 
 # setsid: the launcher and the trainer get a process group of their own, whose id is the launcher's pid.
-setsid accelerate launch --config_file accelerate_config.yaml hf_sft/train.py "$recipe" \
+setsid accelerate launch --config_file "${HF_SFT_ACCELERATE_CONFIG:-accelerate_config.yaml}" hf_sft/train.py "$recipe" \
   --resume_from_checkpoint auto "$@" &
 pgid=$!
 wait "$pgid"
