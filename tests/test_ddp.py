@@ -1,4 +1,5 @@
-"""Two processes with gloo DDP (torchrun) learn the same as one process with the same global batch.
+"""Two processes with gloo DDP (torchrun, and accelerate launch through Open MPI) learn the same as one
+process with the same global batch.
 
 Tolerance: the two runs see the same examples per optimizer step and the token-normalised loss is
 divided by the global response-token count, so they differ only by float summation order (the
@@ -34,18 +35,59 @@ def losses(out: Path) -> list[float]:
 def run(cmd, env):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "HF_SFT_CACHE": str(tmp_path / "assets"), "OMP_NUM_THREADS": "1"}
-    single, double = tmp_path / "single", tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {**os.environ, "HF_SFT_CACHE": str(tmp_path_factory.mktemp("assets")), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(tmp_path_factory, env):
+    single = tmp_path_factory.mktemp("single")
     run([sys.executable, "hf_sft/train.py", *COMMON, "--per_device_train_batch_size", "8",
          "--output_dir", str(single)], env)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", "hf_sft/train.py", *COMMON,
-         "--per_device_train_batch_size", "4", "--output_dir", str(double)], env)
-    a, b = losses(single), losses(double)
+    return losses(single)
+
+
+def assert_same_learning(a: list[float], b: list[float]) -> None:
     assert len(a) == len(b) == 12
     for x, y in zip(a, b):
         assert y == pytest.approx(x, rel=1e-3), (a, b)
     assert a[-1] < a[0]
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, env, single_process_losses):
+    double = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", "hf_sft/train.py", *COMMON,
+         "--per_device_train_batch_size", "4", "--output_dir", str(double)], env)
+    assert_same_learning(single_process_losses, losses(double))
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (apt-get install -y openmpi-bin)")
+def test_accelerate_launch_through_mpirun_matches_one_process(tmp_path, env, single_process_losses):
+    """accelerate's multi-CPU launch: `accelerate launch --cpu --num_processes 2 --mpirun_hostfile H`."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    mpi_env = {**env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+               "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    proc = run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mpirun_hostfile",
+                str(hostfile), "--mixed_precision", "no", "--dynamo_backend", "no", "hf_sft/train.py", *COMMON,
+                "--per_device_train_batch_size", "4", "--log_level", "info", "--output_dir", str(tmp_path / "mpi")],
+               mpi_env)
+    # Two processes of 4 examples each, not one process of 4.
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in proc.stdout + proc.stderr
+    assert_same_learning(single_process_losses, losses(tmp_path / "mpi"))
+
+
+def test_fsdp_on_cpu_is_said_to_run_as_ddp_not_silently_dropped(tmp_path, env):
+    """accelerate enables FSDP only on GPU-type devices; two CPU processes asked for it run DDP, and say so."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    proc = run([torchrun, "--nproc_per_node", "2", "--master_port", "29572", "hf_sft/train.py", *COMMON,
+                "--max_steps", "2", "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "fsdp")],
+               {**env, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    assert "FSDP was asked for (fsdp / ACCELERATE_USE_FSDP) but accelerate runs as MULTI_CPU" in proc.stderr
+    assert "plain DDP" in proc.stderr
