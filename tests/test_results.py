@@ -1,0 +1,75 @@
+"""The results writer under a real crash: a process SIGKILLed in the middle of writing an eval.
+
+The child writes step 0, then is killed by SIGKILL at the exact moment of the rename that would publish
+step 10's per-example log (or its summary): the worst moment for a writer that is not atomic. The
+parent then reads the directory as the report does.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hf_sft.report import build_run_report
+from hf_sft.results import completed_eval_steps, eval_logs_dir, read_summaries, write_eval_results
+from tests.conftest import REPO_ROOT
+from tests.test_plots_report import record, summary
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from hf_sft import results
+    from tests.test_plots_report import record, summary
+
+    run_dir, kill_at = sys.argv[1], int(sys.argv[2])
+    step0 = [record(0, "correct"), record(1, "wrong_answer")]
+    results.write_eval_results(run_dir, 0, step0, summary(0, step0))
+    renames = 0
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):  # the process dies where the OS would have published the file
+        global renames
+        renames += 1
+        if renames == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    os.replace = replace_then_die
+    step10 = [record(i, "correct") for i in range(2000)]
+    results.write_eval_results(run_dir, 10, step10, summary(10, step10))
+""")
+
+
+def crash_while_writing(run_dir, kill_at: int) -> None:
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=REPO_ROOT), str(run_dir), str(kill_at)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@pytest.mark.parametrize("kill_at, published", [(1, "nothing of step 10"), (2, "step 10's log, not its summary")])
+def test_a_crash_mid_eval_leaves_earlier_evals_intact_and_readable(tmp_path, kill_at, published):
+    run_dir = tmp_path / "run"
+    crash_while_writing(run_dir, kill_at)
+    logs = eval_logs_dir(run_dir)
+    assert [s["eval_step"] for s in read_summaries(run_dir)] == [0]
+    assert completed_eval_steps(run_dir) == {0}  # a resumed run evaluates step 10 again
+    [log0] = logs.glob("eval_step_0_*.jsonl")
+    assert [json.loads(line)["category"] for line in log0.read_text().splitlines()] == ["correct", "wrong_answer"]
+    step10_logs = list(logs.glob("eval_step_10_*.jsonl"))
+    assert len(step10_logs) == (kill_at - 1), published
+    # The plotting code reads what is there: the table holds step 0 alone, nothing torn is shown.
+    report = build_run_report(run_dir, quiet=True)
+    assert "| 0 |" in (report.parent / "summary.md").read_text()
+    assert "| 10 |" not in (report.parent / "summary.md").read_text()
+
+    # The re-evaluation of step 10 publishes it and drops the orphaned log the crash left.
+    step10 = [record(0, "correct")]
+    write_eval_results(run_dir, 10, step10, summary(10, step10))
+    assert [s["eval_step"] for s in read_summaries(run_dir)] == [0, 10]
+    [log10] = logs.glob("eval_step_10_*.jsonl")
+    assert len(log10.read_text().splitlines()) == 1
