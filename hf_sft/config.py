@@ -200,6 +200,19 @@ def load_recipe_file(path: str | Path) -> dict:
     return data
 
 
+def _check_command_line_options(parser: HfArgumentParser, argv: list[str]) -> None:
+    """An unknown ``--key`` on the command line gets the same close-match hint as one in a recipe."""
+    options = set(parser._option_string_actions)
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        option = token.split("=", 1)[0]
+        if option not in options:
+            close = difflib.get_close_matches(option, sorted(options), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"command line: unknown option '{option}'.{hint}")
+
+
 def parse_recipe(argv: list[str] | None = None):
     """``RECIPE.yaml [--key value ...]`` -> (model_args, data_args, eval_args, training_args).
 
@@ -219,6 +232,7 @@ def parse_recipe(argv: list[str] | None = None):
                 raise RecipeError(f"{recipe_path}: unknown recipe key '{key}'.{hint}")
         parser.set_defaults(**recipe)
         recipe.setdefault("output_dir", None)
+    _check_command_line_options(parser, argv)
     parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     model_args, data_args, eval_args, training_args = parsed
     if recipe_path is not None:

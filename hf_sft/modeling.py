@@ -23,7 +23,9 @@ def _check_local(ref: str, what: str) -> None:
     """A path-looking reference that does not exist is a typo, not a hub id: say so early."""
     looks_local = ref.startswith((".", "/", "~")) or ref.endswith(".json") or Path(ref).parts[:1] == ("recipes",)
     if looks_local and not Path(ref).expanduser().exists():
-        raise ModelLoadError(f"{what} '{ref}' does not exist")
+        where = "" if Path(ref).expanduser().is_absolute() else \
+            f" (relative paths are read from the current directory, {Path.cwd()})"
+        raise ModelLoadError(f"{what} '{ref}' does not exist{where}")
 
 
 def resolve_dtype(model_args, training_args) -> torch.dtype | str:

@@ -155,5 +155,17 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     return trainer
 
 
+def cli() -> None:
+    """The command: bad recipes, data and model paths end with their message, not a traceback."""
+    from hf_sft.data import DataFormatError
+    from hf_sft.modeling import ModelLoadError
+
+    try:
+        main()
+    except (RecipeError, DataFormatError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -183,8 +183,10 @@ class SFTTrainer(Trainer):
         """
         no_positions = torch.empty(0, dtype=torch.long, device=labels.device)
         outputs = model(**model_inputs, use_cache=False, logits_to_keep=no_positions, output_hidden_states=True)
-        hidden = outputs.hidden_states[-1]
         lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        # Under mixed precision accelerate returns the forward's outputs upcast to fp32 and autocast is off
+        # out here: back to the head's dtype (exact for a bf16 model, whose norm produced bf16 values).
+        hidden = outputs.hidden_states[-1].to(lm_head.weight.dtype)
         if self.args.response_only_lm_head:
             hidden, targets, weights = hidden[response_mask], labels[response_mask], None
         else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +72,19 @@ def test_missing_local_model_path_is_named_before_anything_loads(tmp_path, key):
     model_args, _, _, training_args = parse_recipe(argv)
     with pytest.raises(ModelLoadError, match=f"'{missing}' does not exist"):
         load_model(model_args, training_args, load_tokenizer(model_args))
+
+
+def test_unknown_command_line_option_suggests_the_closest_key():
+    with pytest.raises(RecipeError, match="unknown option '--learnin_rate'. Did you mean '--learning_rate'"):
+        parse_recipe([os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--learnin_rate", "1e-3"])
+
+
+def test_the_command_ends_bad_input_with_its_message_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "hf_sft", "train.py"),
+                           os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--max_steps", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: model_config 'recipes/models/tiny_qwen2.json' does not exist "
+        f"(relative paths are read from the current directory, {tmp_path})")
+    assert "Traceback" not in proc.stderr

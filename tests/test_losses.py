@@ -8,6 +8,8 @@ never holds the (tokens x vocab) logits.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -240,6 +242,24 @@ def test_optimised_loss_gradients_and_metrics_equal_the_plain_path(tmp_path, bpe
     assert metrics_o["correct"] == metrics_r["correct"]
     assert metrics_o["entropy_sum"] == pytest.approx(metrics_r["entropy_sum"], rel=1e-5)
     assert metrics_o["nll_sum"] == pytest.approx(metrics_r["nll_sum"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_mixed_precision_trains_with_the_optimised_head(tmp_path, bpe_tokenizer, model_dtype):
+    """`bf16: true` (the MATH recipes): accelerate hands back fp32 hidden states outside autocast, while
+    a bf16 model's head is bf16. Trained for real, the defaults follow the plain path's losses."""
+    feats = features(bpe_tokenizer)
+    losses = {}
+    for name, options in (("optimised", {}), ("plain", OFF)):
+        args = SFTConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=4, use_cpu=True, bf16=True,
+                         report_to="none", learning_rate=1e-3, max_steps=3, logging_steps=1, save_strategy="no",
+                         disable_tqdm=True, **options)
+        trainer = SFTTrainer(model=make_tiny_qwen2(len(bpe_tokenizer), seed=3).to(model_dtype), args=args,
+                             train_dataset=feats, data_collator=PadToLongestCollator(pad_token_id(bpe_tokenizer)))
+        trainer.train()
+        losses[name] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses["optimised"]) == 3 and all(math.isfinite(x) for x in losses["optimised"])
+    assert losses["optimised"] == pytest.approx(losses["plain"], rel=2e-2)
 
 
 def test_logged_entropy_and_accuracy_are_exact(tmp_path, bpe_tokenizer):
