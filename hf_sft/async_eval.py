@@ -242,8 +242,7 @@ class AsyncEvalCallback(TrainerCallback):
     def _kill_hung_worker(self) -> None:
         job = self.inflight
         pid = self.worker.pid
-        self.worker.stop(timeout=0)  # SIGKILL: a hung engine does not answer a polite stop
-        self.worker = None
+        self._discard_worker()
         self._fail(job, f"eval of step {job.step} gave no result within eval_timeout_s={self.eval_timeout_s:g}s: "
                         f"worker (pid {pid}) killed; the next eval restarts it")
 
@@ -275,8 +274,7 @@ class AsyncEvalCallback(TrainerCallback):
             # An engine that failed mid-generation (out of host or device memory, most often) may hold
             # half-freed buffers or stuck requests: the next eval gets a fresh worker.
             logger.error("eval worker (pid %d) stopped after the failure; the next eval restarts it", self.worker.pid)
-            self.worker.stop(timeout=0)
-            self.worker = None
+            self._discard_worker()
         elif kind == "broken":  # the worker could not read its next command; it exits after this message
             self._last_error = message[1]
         elif kind == "fatal":
@@ -300,6 +298,10 @@ class AsyncEvalCallback(TrainerCallback):
         else:
             logger.error("%s; the next eval restarts it", detail)
             self.failures_in_a_row += 1
+        self._discard_worker()
+
+    def _discard_worker(self) -> None:
+        """Kill the current worker at once (a hung or failed engine does not answer a polite stop)."""
         self.worker.stop(timeout=0)
         self.worker = None
 

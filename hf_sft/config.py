@@ -200,17 +200,20 @@ def load_recipe_file(path: str | Path) -> dict:
     return data
 
 
+def _unknown(what: str, name: str, known) -> RecipeError:
+    """An unknown key or option, with the closest known one as a hint."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return RecipeError(f"{what} '{name}'.{hint}")
+
+
 def _check_command_line_options(parser: HfArgumentParser, argv: list[str]) -> None:
     """An unknown ``--key`` on the command line gets the same close-match hint as one in a recipe."""
     options = set(parser._option_string_actions)
     for token in argv:
-        if not token.startswith("--"):
-            continue
         option = token.split("=", 1)[0]
-        if option not in options:
-            close = difflib.get_close_matches(option, sorted(options), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(f"command line: unknown option '{option}'.{hint}")
+        if option.startswith("--") and option not in options:
+            raise _unknown("command line: unknown option", option, options)
 
 
 def parse_recipe(argv: list[str] | None = None):
@@ -227,9 +230,7 @@ def parse_recipe(argv: list[str] | None = None):
         known = _known_keys(parser)
         for key in recipe:
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise RecipeError(f"{recipe_path}: unknown recipe key '{key}'.{hint}")
+                raise _unknown(f"{recipe_path}: unknown recipe key", key, known)
         parser.set_defaults(**recipe)
         recipe.setdefault("output_dir", None)
     _check_command_line_options(parser, argv)

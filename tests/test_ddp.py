@@ -32,6 +32,9 @@ def losses(out: Path) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+
+
 def run(cmd, env):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -60,8 +63,7 @@ def assert_same_learning(a: list[float], b: list[float]) -> None:
 
 def test_torchrun_two_processes_match_one_process(tmp_path, env, single_process_losses):
     double = tmp_path / "ddp"
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", "hf_sft/train.py", *COMMON,
+    run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29571", "hf_sft/train.py", *COMMON,
          "--per_device_train_batch_size", "4", "--output_dir", str(double)], env)
     assert_same_learning(single_process_losses, losses(double))
 
@@ -85,8 +87,7 @@ def test_accelerate_launch_through_mpirun_matches_one_process(tmp_path, env, sin
 
 def test_fsdp_on_cpu_is_said_to_run_as_ddp_not_silently_dropped(tmp_path, env):
     """accelerate enables FSDP only on GPU-type devices; two CPU processes asked for it run DDP, and say so."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    proc = run([torchrun, "--nproc_per_node", "2", "--master_port", "29572", "hf_sft/train.py", *COMMON,
+    proc = run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29572", "hf_sft/train.py", *COMMON,
                 "--max_steps", "2", "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "fsdp")],
                {**env, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
     assert "FSDP was asked for (fsdp / ACCELERATE_USE_FSDP) but accelerate runs as MULTI_CPU" in proc.stderr

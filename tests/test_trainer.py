@@ -91,4 +91,3 @@ def test_collator_pads_right_and_masks_labels(bpe_tokenizer):
     assert batch["input_ids"].tolist() == [[5, 6, 7], [9, bpe_tokenizer.pad_token_id] * 1 + [bpe_tokenizer.pad_token_id]]
     assert batch["labels"].tolist() == [[-100, 7, 8], [10, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-
