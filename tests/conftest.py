@@ -8,11 +8,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one OpenMP thread each (and in the runs they start),
+    # since two processes with two spinning OpenMP threads apiece slow each other down several times over.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, the demo's end-to-end run at the very front: with two workers (`make test`), the
+    longest runs start at once and the quick tests fill the gaps, instead of one long run starting last.
+    A stable sort, so the order within each kind stays the file order (xdist needs the same order on every
+    worker, and gets it)."""
+    def rank(item):
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 0 if item.nodeid.startswith("tests/test_demo_e2e.py") else 1
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -154,8 +154,20 @@ def test_a_killed_worker_does_not_stop_training_and_the_next_eval_restarts_it(tm
 def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(tmp_path, caplog):
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
                                    "--eval_max_new_tokens", "128", "--eval_temperature", "1")
-    callback = add_async_eval(trainer, recipe, policy="queue", eval_timeout_s=3.0)
-    hanger = KillWorkerMidEval(callback, at_step=3, sig=signal.SIGSTOP)
+    # No deadline until the worker hangs, then 3 s, then a generous one again once it is killed: the evals
+    # around the hang take seconds on a busy machine and must not be mistaken for hangs themselves.
+    callback = add_async_eval(trainer, recipe, policy="queue", eval_timeout_s=None)
+
+    def hang_then_wait_for_the_kill(pid):
+        os.kill(pid, signal.SIGSTOP)
+        callback.eval_timeout_s = 3.0
+        deadline = time.time() + 120
+        while callback.worker is not None and callback.worker.pid == pid and time.time() < deadline:
+            time.sleep(0.2)
+            callback.on_step_end(trainer.args, trainer.state, trainer.control)
+        callback.eval_timeout_s = 600.0
+
+    hanger = KillWorkerMidEval(callback, at_step=3, action=hang_then_wait_for_the_kill)
     trainer.add_callback(hanger)
     with caplog.at_level(logging.INFO, logger="hf_sft"):
         trainer.train()

@@ -21,7 +21,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+# One worker runs the module: its tests share the one-process baseline (and never race for ports).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 COMMON = ["recipes/demo.yaml", "--max_steps", "12", "--logging_steps", "1", "--eval_backend", "none",
           "--learning_rate", "1e-3", "--warmup_steps", "0"]

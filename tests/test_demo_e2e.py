@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+# One worker runs the module: its three tests share one demo run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_e2e")]
 
 
 def run(cmd, env, timeout):

@@ -19,6 +19,8 @@ from hf_sft.generation import HFGenerationBackend, SamplingSettings  # noqa: E40
 from hf_sft.vllm_backend import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+# One worker runs the module: its tests share one engine start.
+pytestmark = pytest.mark.xdist_group("vllm_engine")
 
 
 def needs_vllm(test):
