@@ -216,10 +216,12 @@ def _check_command_line_options(parser: HfArgumentParser, argv: list[str]) -> No
             raise _unknown("command line: unknown option", option, options)
 
 
-def parse_recipe(argv: list[str] | None = None):
+def parse_recipe(argv: list[str] | None = None, before_training_args=None):
     """``RECIPE.yaml [--key value ...]`` -> (model_args, data_args, eval_args, training_args).
 
     The YAML sets the defaults and the command line overrides them, like TRL's parser.
+    ``before_training_args(model_args, data_args, eval_args)`` runs before ``TrainingArguments`` is
+    built, whose ``__post_init__`` sets up the device (train.py hides the eval GPU there).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(RECIPE_DATACLASSES)
@@ -234,7 +236,15 @@ def parse_recipe(argv: list[str] | None = None):
         parser.set_defaults(**recipe)
         recipe.setdefault("output_dir", None)
     _check_command_line_options(parser, argv)
-    parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    namespace, remaining = parser.parse_known_args(args=argv)
+    if remaining:
+        raise RecipeError(f"command line: arguments not used: {' '.join(remaining)}")
+    parsed = []
+    for dtype in RECIPE_DATACLASSES:  # HfArgumentParser.parse_args_into_dataclasses, with the hook
+        if dtype is SFTConfig and before_training_args is not None:
+            before_training_args(*parsed)
+        keys = {f.name for f in fields(dtype) if f.init}
+        parsed.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
     model_args, data_args, eval_args, training_args = parsed
     if recipe_path is not None:
         training_args.recipe_path = str(recipe_path)

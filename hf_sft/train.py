@@ -23,6 +23,7 @@ from transformers import set_seed
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data import prepare_train_dataset
+from hf_sft.devices import isolate_training_gpus
 from hf_sft.modeling import load_model, load_tokenizer
 from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
 from hf_sft.report import build_run_report
@@ -104,8 +105,10 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
 
 
 def main(argv: list[str] | None = None) -> SFTTrainer:
-    # 1. Recipe -> dataclasses (YAML defaults, command-line overrides).
-    model_args, data_args, eval_args, training_args = parse_recipe(argv)
+    # 1. Recipe -> dataclasses (YAML defaults, command-line overrides). Before the device is set up, a
+    #    single training process is shown only its training GPU (no DataParallel; the eval GPU stays free).
+    model_args, data_args, eval_args, training_args = parse_recipe(
+        argv, before_training_args=lambda model_args, data_args, eval_args: isolate_training_gpus(eval_args))
     setup_logging(training_args)
     set_seed(training_args.seed)
     logger.info("Output dir: %s", training_args.output_dir)
