@@ -26,7 +26,7 @@ from hf_sft.callbacks import log_side_metrics, should_evaluate
 from hf_sft.eval_worker import EvalWorker, SharedWeights, WorkerSpec
 from hf_sft.evaluation import summary_to_metrics
 from hf_sft.results import completed_eval_steps, write_eval_failure
-from hf_sft.vllm_backend import INSTALL_HINT, state_dict_for_push
+from hf_sft.vllm_backend import INSTALL_HINT, trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class AsyncEvalCallback(TrainerCallback):
         """Snapshot now (every rank: gathering sharded weights is a collective); queue on the main process."""
         self.scheduled.add(step)
         start = time.perf_counter()
-        state = state_dict_for_push(self.trainer.model, getattr(self.trainer, "accelerator", None))
+        state = trainer_state_dict_for_push(self.trainer)
         if not self._is_main():
             return
         if self.disabled:
@@ -390,8 +390,7 @@ class LivePolicyVLLMBackend:
         self.push_s: list[float] = []
 
     def generate(self, prompts, sampling):
-        self.push_s.append(self.engine.push_weights(state_dict_for_push(self.trainer.model,
-                                                                        self.trainer.accelerator)))
+        self.push_s.append(self.engine.push_weights(trainer_state_dict_for_push(self.trainer)))
         return self.engine.generate(prompts, sampling)
 
     def close(self) -> None:
