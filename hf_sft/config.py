@@ -96,6 +96,11 @@ class EvalArguments:
         metadata={"help": "vllm: what to do when an eval is due while the previous one still runs. latest: keep "
                   "only the newest pending snapshot (training never waits); queue: evaluate every one in order."},
     )
+    eval_queue_size: int = field(
+        default=2,
+        metadata={"help": "vllm async, eval_policy queue: snapshots that may wait for the worker (each one the size of "
+                  "the model in the engine dtype, in /dev/shm); when full, training waits. latest holds 2 at most."},
+    )
     eval_timeout_s: float = field(
         default=3600.0,
         metadata={"help": "vllm async: an eval with no result this many seconds after the engine is up counts as "
@@ -112,6 +117,8 @@ class EvalArguments:
         # Checked at parse time: a typo here must not surface after the model has loaded.
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
                    "eval_policy": ("latest", "queue"), "eval_reward_fn": ("r1_zero", "question_only")}
+        if self.eval_queue_size < 1:
+            raise RecipeError(f"eval_queue_size must be >= 1, got {self.eval_queue_size}")
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:

@@ -88,7 +88,7 @@ class SFTTrainer(Trainer):
                 raise ValueError(f"the model scales its logits ({', '.join(transforms)}); response_only_lm_head "
                                  "and fused_lm_head would skip that: set both to false for this model")
         self._warn_if_fsdp_was_not_applied()
-        if self._uses_hidden_states() and self._head_weight_is_sharded():
+        if self._uses_hidden_states() and self.weights_are_sharded():
             # FSDP / ZeRO-3 gather the head's weight only inside the model's forward; ours reads it after.
             logger.warning("response_only_lm_head and fused_lm_head are off under FSDP / DeepSpeed ZeRO-3 (the LM "
                            "head's weight is sharded outside the model's forward); the plain loss path is used")
@@ -106,7 +106,8 @@ class SFTTrainer(Trainer):
                            self.accelerator.distributed_type.value,
                            "DDP" if self.args.world_size > 1 else "single-process training")
 
-    def _head_weight_is_sharded(self) -> bool:
+    def weights_are_sharded(self) -> bool:
+        """FSDP or ZeRO-3: each rank holds a shard; a forward (and a full state dict) needs every rank."""
         if getattr(self, "is_fsdp_enabled", False):
             return True
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
