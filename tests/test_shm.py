@@ -61,3 +61,23 @@ def test_small_dev_shm_is_a_clear_error_at_start_and_a_failed_eval_mid_run():
     assert "START-ERROR:" in out and "--shm-size" in out and "--ipc=host" in out, out
     assert "RECORD: failed | FILES: 1 | WORKER: None" in out, out
     assert "no snapshot taken: cannot allocate 1.4 MB of shared memory" in out, out
+
+
+def test_fp32_master_weights_are_snapshotted_in_the_engine_dtype():
+    """bf16 engine over fp32 master weights: the snapshot is half the size, bf16, and ints stay ints."""
+    import torch
+
+    from hf_sft.eval_worker import SharedWeights
+
+    embed = torch.randn(64, 16)
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed, "norm.weight": torch.randn(16),
+             "step": torch.tensor([3, 4])}
+    full = SharedWeights.allocate(state)
+    half = SharedWeights.allocate(state, torch.bfloat16)
+    assert half.nbytes < 0.6 * full.nbytes
+    assert half.matches(state) and not full.matches({k: v.to(torch.bfloat16) for k, v in state.items()})
+    half.copy_from(state)
+    got = dict(half.named_tensors())
+    assert got["lm_head.weight"].dtype == torch.bfloat16
+    assert torch.equal(got["lm_head.weight"], embed.to(torch.bfloat16))
+    assert got["step"].dtype == torch.int64 and got["step"].tolist() == [3, 4]
