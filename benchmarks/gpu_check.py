@@ -223,7 +223,8 @@ def check_training(table: Table, device, size: dict, cfg: dict, tokenizer, workd
             model.load_state_dict(initial)
             peak_reset(device)
             trainer = SFTTrainer(model=model, args=sft_args(str(workdir / name), device, size, optimised),
-                                 train_dataset=ListDataset(rows), data_collator=PadToLongestCollator(pad_token_id(tokenizer)),
+                                 train_dataset=ListDataset(rows),
+                                 data_collator=PadToLongestCollator(pad_token_id(tokenizer)),
                                  processing_class=tokenizer)
             timer = StepTimer(device, size["warmup"])
             trainer.add_callback(timer)
@@ -246,7 +247,8 @@ def check_training(table: Table, device, size: dict, cfg: dict, tokenizer, workd
     if len(losses) == 2:
         on, off = losses["train:on"], losses["train:off"]
         worst = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(on, off))
-        table.add("train:losses", "ok" if worst < 1e-2 else "FAIL", f"on vs off, {len(on)} steps: max rel diff {worst:.1e}")
+        table.add("train:losses", "ok" if worst < 1e-2 else "FAIL",
+                  f"on vs off, {len(on)} steps: max rel diff {worst:.1e}")
     del model, initial
     free_memory()
 
@@ -352,7 +354,8 @@ def check_generate(table: Table, device, size: dict, cfg: dict, tokenizer):
     seconds = time.perf_counter() - start
     tokens = sum(g.num_tokens for g in out)
     table.add("generate", "ok" if len(out) == len(prompts) else "FAIL",
-              f"{len(out)} problems, {tokens} new tokens in {seconds:.1f}s ({tokens / seconds:,.0f} tokens/s, hf generate)")
+              f"{len(out)} problems, {tokens} new tokens in {seconds:.1f}s "
+              f"({tokens / seconds:,.0f} tokens/s, hf generate)")
     del model, backend
     free_memory()
 

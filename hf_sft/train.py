@@ -61,12 +61,12 @@ def check_eval_backend_for_parallelism(eval_args, *, sharded: bool, world_size: 
     rank 0 alone, so rank 0 waits for shards the others, already in the next step's collective, never
     send. Under plain DDP it works, but the other ranks wait in a collective for the whole eval.
     """
-    rank0_only = eval_args.eval_backend == "hf" or (eval_args.eval_backend == "vllm" and eval_args.eval_mode == "blocking")
+    blocking_vllm = eval_args.eval_backend == "vllm" and eval_args.eval_mode == "blocking"
+    rank0_only = eval_args.eval_backend == "hf" or blocking_vllm
     if rank0_only and sharded:
-        raise RecipeError(f"eval_backend: {eval_args.eval_backend}"
-                          f"{' with eval_mode: blocking' if eval_args.eval_backend == 'vllm' else ''} generates on rank 0 "
-                          "only, which deadlocks under FSDP / DeepSpeed ZeRO-3 (every rank holds a shard of the "
-                          "weights): use eval_backend: vllm (async, on its own GPU), or DDP")
+        what = f"eval_backend: {eval_args.eval_backend}{' with eval_mode: blocking' if blocking_vllm else ''}"
+        raise RecipeError(f"{what} generates on rank 0 only, which deadlocks under FSDP / DeepSpeed ZeRO-3 (every "
+                          "rank holds a shard of the weights): use eval_backend: vllm (async, on its own GPU), or DDP")
     if rank0_only and world_size > 1:
         logger.warning("eval_backend %s under %d processes: the other ranks wait in a collective while rank 0 "
                        "generates; an eval longer than ddp_timeout (%ss) aborts the run", eval_args.eval_backend,

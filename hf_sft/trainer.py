@@ -202,7 +202,8 @@ class SFTTrainer(Trainer):
             hidden, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
             weights = response_mask.reshape(-1).to(hidden.dtype)
         if self.args.fused_lm_head:
-            head = fused_linear_nll(hidden, weight, bias, targets, weights, chunk_tokens=self.args.lm_head_chunk_size or None)
+            head = fused_linear_nll(hidden, weight, bias, targets, weights,
+                                    chunk_tokens=self.args.lm_head_chunk_size or None)
         else:
             head = plain_linear_nll(hidden, weight, bias, targets, weights)
         if weights is not None:  # statistics of response positions only

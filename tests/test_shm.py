@@ -36,7 +36,8 @@ except SnapshotMemoryError as err:
     print("START-ERROR:", err)
 callback._schedule(2)  # as at an eval step mid-run
 record = callback.records[2]
-failed = [json.loads(open(p).read()) for p in glob.glob(os.path.join(out, "results", "eval_logs", "failed_eval_step_2_*.json"))]
+pattern = os.path.join(out, "results", "eval_logs", "failed_eval_step_2_*.json")
+failed = [json.loads(open(p).read()) for p in glob.glob(pattern)]
 print("RECORD:", record.status, "| FILES:", len(failed), "| WORKER:", callback.worker)
 print("FILE-ERROR:", failed[0]["error"] if failed else None)
 """
@@ -50,7 +51,8 @@ def _can_mount_private_tmpfs() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _can_mount_private_tmpfs(), reason="needs unshare -m and tmpfs mounts (root or a user namespace)")
+@pytest.mark.skipif(not _can_mount_private_tmpfs(),
+                    reason="needs unshare -m and tmpfs mounts (root or a user namespace)")
 def test_small_dev_shm_is_a_clear_error_at_start_and_a_failed_eval_mid_run():
     cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
            f'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "{sys.executable}" -c "$0"', SCRIPT]
