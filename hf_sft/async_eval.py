@@ -5,8 +5,11 @@ shared-memory buffer and queues them for the worker (hf_sft.eval_worker); the tr
 that copy and hand-over (the "stall", logged). Results are logged against the step they belong to
 (`eval/*` with `eval_step`) as soon as they arrive, polled at every step end. While an eval runs, newer
 snapshots wait; with `policy="latest"` (default) only the newest waiting snapshot is kept, with
-`policy="queue"` all are evaluated in order. A worker that dies, hangs or fails an eval (out of memory,
-say) is logged, stopped and replaced at the next eval; the run ends by draining what is still pending.
+`policy="queue"` all are evaluated in order, at most `max_queued` waiting (then training waits for a
+free buffer), so shared memory holds at most `max_queued + 1` snapshots. A worker that dies, hangs or fails
+an eval (out of memory, say) is logged, stopped and replaced at the next eval; a snapshot that does not
+fit in /dev/shm is a failed eval on disk, never a dead run; the run ends by draining what is still pending
+(under DDP/FSDP/ZeRO within `ddp_timeout`, since the other ranks wait in a collective meanwhile).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+import torch
 from transformers import TrainerCallback
 
 from hf_sft.callbacks import log_side_metrics, should_evaluate
-from hf_sft.eval_worker import EvalWorker, SharedWeights, WorkerSpec
+from hf_sft.eval_worker import SHM_HINT, EvalWorker, SharedWeights, SnapshotMemoryError, WorkerSpec, shm_free_bytes
 from hf_sft.evaluation import summary_to_metrics
 from hf_sft.results import completed_eval_steps, write_eval_failure
-from hf_sft.vllm_backend import INSTALL_HINT, state_dict_for_push
+from hf_sft.vllm_backend import INSTALL_HINT, trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class AsyncEvalCallback(TrainerCallback):
 
     def __init__(self, trainer, spec: WorkerSpec, *, eval_steps: int | None, baseline: bool = True,
                  policy: str = "latest", max_restarts: int = 3, drain_timeout_s: float | None = 3600.0,
-                 stopped_early_drain_s: float = 30.0, eval_timeout_s: float | None = 3600.0):
+                 stopped_early_drain_s: float = 30.0, eval_timeout_s: float | None = 3600.0, max_queued: int = 2):
         if policy not in POLICIES:
             raise ValueError(f"eval policy must be one of {POLICIES}, got {policy!r}")
         self.trainer = trainer
@@ -75,6 +79,10 @@ class AsyncEvalCallback(TrainerCallback):
         self.drain_timeout_s = drain_timeout_s
         self.stopped_early_drain_s = stopped_early_drain_s  # preempted: a checkpoint matters more than an eval
         self.eval_timeout_s = eval_timeout_s  # a worker with no result this long after its engine was up is killed
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.max_queued = max_queued  # policy=queue: snapshots waiting for the worker, at most
+        self.snapshot_dtype = _torch_dtype(spec.engine.dtype)  # fp32 master weights go to the engine as bf16
         self._ready_at: float | None = None
         self.worker: EvalWorker | None = None
         self.worker_ready = False  # the current worker's engine is up
@@ -84,6 +92,7 @@ class AsyncEvalCallback(TrainerCallback):
         self.pending: deque[_Job] = deque()
         self.inflight: _Job | None = None
         self.slots: list[SharedWeights] = []
+        self.peak_slots = 0
         self.scheduled: set[int] = set()
         self.records: dict[int, EvalRecord] = {}
         self.stall_total_s = 0.0
@@ -93,6 +102,25 @@ class AsyncEvalCallback(TrainerCallback):
         atexit.register(self.close)  # a crashed run must not leave a worker behind (or hang on it at exit)
 
     # ---------------------------------------------------------------- trainer events
+
+    @property
+    def max_snapshots(self) -> int:
+        """Shared-memory buffers the policy can hold at once: the one the worker reads plus those waiting."""
+        return 1 + (1 if self.policy == "latest" else self.max_queued)
+
+    def check_shared_memory(self) -> int:
+        """At start: /dev/shm must hold one snapshot (error) and should hold ``max_snapshots`` (warning)."""
+        nbytes = snapshot_bytes(self.trainer, self.snapshot_dtype)
+        free = shm_free_bytes()
+        if free < nbytes:
+            raise SnapshotMemoryError(f"a weight snapshot needs {nbytes / 2**20:.1f} MB but /dev/shm has "
+                                      f"{free / 2**20:.1f} MB free: {SHM_HINT}")
+        if free < nbytes * self.max_snapshots:
+            logger.warning("/dev/shm has %.1f MB free, %d snapshots of %.1f MB need %.1f MB (eval_policy %s): an eval "
+                           "due while the worker still reads the previous one will fail (recorded as a failed "
+                           "eval). %s", free / 2**20, self.max_snapshots, nbytes / 2**20,
+                           nbytes * self.max_snapshots / 2**20, self.policy, SHM_HINT)
+        return nbytes
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_start = time.perf_counter()
@@ -119,6 +147,7 @@ class AsyncEvalCallback(TrainerCallback):
             return
         start = time.perf_counter()
         timeout = self.drain_timeout_s if finished else min(self.drain_timeout_s or 1e9, self.stopped_early_drain_s)
+        timeout = drain_budget_s(timeout, args.world_size, args.ddp_timeout)
         self.drain(timeout)
         drain_s = time.perf_counter() - start
         elapsed = time.perf_counter() - (self.train_start or start)
@@ -145,9 +174,11 @@ class AsyncEvalCallback(TrainerCallback):
         """Snapshot now (every rank: gathering sharded weights is a collective); queue on the main process."""
         self.scheduled.add(step)
         start = time.perf_counter()
-        state = state_dict_for_push(self.trainer.model, getattr(self.trainer, "accelerator", None))
+        state = trainer_state_dict_for_push(self.trainer)
         if not self._is_main():
             return
+        if self.policy == "queue" and len(self.pending) >= self.max_queued:
+            self._wait_for_queue_room()
         if self.disabled:
             self.records[step] = EvalRecord(step, "skipped", error="async eval disabled after repeated failures")
             return
@@ -158,7 +189,16 @@ class AsyncEvalCallback(TrainerCallback):
                                                         error=f"superseded by step {step}")
                 logger.warning("eval of step %d skipped: a newer snapshot (step %d) replaces it while the "
                                "worker is busy (policy=latest)", dropped.step, step)
-        slot = self._free_slot(state)
+        try:
+            slot = self._free_slot(state)
+        except SnapshotMemoryError as err:  # /dev/shm full: this eval is lost, training is not
+            del state
+            stall = time.perf_counter() - start
+            self.stall_total_s += stall
+            self.records[step] = EvalRecord(step, "failed", stall, error=str(err))
+            write_eval_failure(self.spec.output_dir, step, f"eval of step {step}: no snapshot taken: {err}")
+            logger.error("eval of step %d failed: %s\nTraining goes on.", step, err)
+            return
         slot.copy_from(state)
         del state
         job = _Job(step, slot, snapshot_at=time.perf_counter())
@@ -170,6 +210,14 @@ class AsyncEvalCallback(TrainerCallback):
                     job.stall_s - (job.snapshot_at - start),
                     "sent" if job is self.inflight else f"waiting, {len(self.pending)} pending")
 
+    def _wait_for_queue_room(self) -> None:
+        """policy=queue with ``max_queued`` snapshots waiting: training waits until the worker takes one."""
+        logger.warning("eval queue full (%d waiting, eval_queue_size): training waits for the eval worker",
+                       len(self.pending))
+        while self.pending and len(self.pending) >= self.max_queued and not self.disabled:
+            self._poll()
+            time.sleep(0.05)
+
     def _free_slot(self, state) -> SharedWeights:
         busy = {id(j.slot) for j in self.pending}
         if self.inflight is not None and not self.inflight.released:
@@ -177,8 +225,9 @@ class AsyncEvalCallback(TrainerCallback):
         for slot in self.slots:
             if id(slot) not in busy and slot.matches(state):
                 return slot
-        slot = SharedWeights.allocate(state)
+        slot = SharedWeights.allocate(state, self.snapshot_dtype)
         self.slots.append(slot)
+        self.peak_slots = max(self.peak_slots, len(self.slots))
         logger.info("allocated a %.1f MB shared-memory snapshot buffer (%d in all)", slot.nbytes / 2**20,
                     len(self.slots))
         return slot
@@ -315,6 +364,12 @@ class AsyncEvalCallback(TrainerCallback):
             if deadline is not None and time.perf_counter() > deadline:
                 logger.error("gave up waiting for %d pending eval(s) after %.0fs",
                              len(self.pending) + (self.inflight is not None), timeout_s)
+                for job in ([self.inflight] if self.inflight is not None else []) + list(self.pending):
+                    error = f"eval of step {job.step} abandoned: the end-of-run drain ran out of its {timeout_s:.0f}s"
+                    self.records[job.step] = EvalRecord(job.step, "failed", job.stall_s, error=error)
+                    write_eval_failure(self.spec.output_dir, job.step, error)
+                self.inflight = None
+                self.pending.clear()
                 break
             time.sleep(0.05)
 
@@ -329,6 +384,41 @@ class AsyncEvalCallback(TrainerCallback):
         if self._model_dir is not None:
             shutil.rmtree(self._model_dir, ignore_errors=True)
             self._model_dir = None
+
+
+def _torch_dtype(name) -> torch.dtype | None:
+    """An EngineOptions dtype name ("bfloat16") as a torch dtype; None for "auto" and unknown names."""
+    value = getattr(torch, str(name), None)
+    return value if isinstance(value, torch.dtype) else None
+
+
+def snapshot_bytes(trainer, dtype: torch.dtype | None) -> int:
+    """Bytes of one snapshot, from parameter counts (no gather: works on every rank of a sharded run).
+
+    ZeRO-3 parameters are empty placeholders that carry ``ds_numel``; FSDP2 DTensors report the full
+    ``numel``. Tied weights are counted once, as the snapshot stores them once.
+    """
+    total, seen = 0, set()
+    for p in list(trainer.model.parameters()) + list(trainer.model.buffers()):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        numel = getattr(p, "ds_numel", None) or p.numel()
+        total += numel * (dtype.itemsize if dtype is not None and p.is_floating_point() else p.element_size())
+    return total
+
+
+def drain_budget_s(timeout_s: float | None, world_size: int, ddp_timeout: float) -> float | None:
+    """The end-of-run drain, capped under several processes below ``ddp_timeout``.
+
+    Only rank 0 drains; the other ranks meanwhile wait in the next collective (the final save), and
+    the process group aborts one that waits longer than ``ddp_timeout``. 80% of it, minus a minute
+    for the save itself.
+    """
+    if world_size <= 1:
+        return timeout_s
+    cap = max(0.0, 0.8 * ddp_timeout - 60.0)
+    return cap if timeout_s is None else min(timeout_s, cap)
 
 
 def write_engine_model_dir(trainer) -> str:
@@ -359,14 +449,18 @@ def eval_device_for(eval_args) -> str:
     return "cpu"
 
 
-def engine_options_for(eval_args, model):
+def engine_options_for(eval_args, model, training_args=None):
+    """Engine options from the recipe; dtype defaults to the one training computes in (bf16 autocast over
+    fp32 master weights means bf16, not the weights' fp32)."""
     from hf_sft.vllm_backend import EngineOptions
 
+    compute = "bfloat16" if getattr(training_args, "bf16", False) else \
+        "float16" if getattr(training_args, "fp16", False) else str(model.dtype).removeprefix("torch.")
     opt = lambda name, default: getattr(eval_args, f"eval_vllm_{name}", None) or default  # noqa: E731
     return EngineOptions(gpu_memory_utilization=opt("gpu_memory_utilization", 0.85),
                          max_model_len=opt("max_model_len", None),
                          kv_cache_memory_bytes=opt("kv_cache_memory_bytes", None),
-                         dtype=opt("dtype", str(model.dtype).removeprefix("torch.")),  # as trained
+                         dtype=opt("dtype", compute),
                          enforce_eager=bool(opt("enforce_eager", False)),
                          seed=eval_args.eval_seed, load_format="dummy")
 
@@ -385,13 +479,12 @@ class LivePolicyVLLMBackend:
         self.trainer = trainer
         self.model_dir = write_engine_model_dir(trainer)
         self.engine = VLLMGenerationBackend(self.model_dir, eval_device_for(eval_args),
-                                            engine_options_for(eval_args, trainer.model),
+                                            engine_options_for(eval_args, trainer.model, trainer.args),
                                             tokenizer=trainer.processing_class)
         self.push_s: list[float] = []
 
     def generate(self, prompts, sampling):
-        self.push_s.append(self.engine.push_weights(state_dict_for_push(self.trainer.model,
-                                                                        self.trainer.accelerator)))
+        self.push_s.append(self.engine.push_weights(trainer_state_dict_for_push(self.trainer)))
         return self.engine.generate(prompts, sampling)
 
     def close(self) -> None:
@@ -415,7 +508,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
     device = eval_device_for(eval_args)
     ds = load_eval_problems(data_args.eval_data, data_args.eval_split, data_args.prompt_template,
                             eval_args.eval_num_examples, eval_args.eval_seed)
-    engine = engine_options_for(eval_args, trainer.model)
+    engine = engine_options_for(eval_args, trainer.model, training_args)
     spec = WorkerSpec(
         model_dir="", device=device, problems=EvalProblems.from_dataset(ds, data_args.eval_data),
         sampling=SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
@@ -424,5 +517,8 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
         reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
         log_level=training_args.get_process_log_level())
-    return AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
-                             policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None)
+    callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
+                                 policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
+                                 max_queued=eval_args.eval_queue_size)
+    callback.check_shared_memory()  # every rank (same node): fail before training, not at the first eval
+    return callback

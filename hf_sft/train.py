@@ -23,6 +23,7 @@ from transformers import set_seed
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data import prepare_train_dataset
+from hf_sft.devices import isolate_training_gpus
 from hf_sft.modeling import load_model, load_tokenizer
 from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
 from hf_sft.report import build_run_report
@@ -53,6 +54,25 @@ def resolve_checkpoint(training_args) -> str | None:
     return resume
 
 
+def check_eval_backend_for_parallelism(eval_args, *, sharded: bool, world_size: int, ddp_timeout: float) -> None:
+    """Refuse what would deadlock: rank-0-only generation (hf, or vllm blocking) over sharded weights.
+
+    Under FSDP / ZeRO-3 a forward needs every rank (each holds a shard); the hf backend generates on
+    rank 0 alone, so rank 0 waits for shards the others, already in the next step's collective, never
+    send. Under plain DDP it works, but the other ranks wait in a collective for the whole eval.
+    """
+    blocking_vllm = eval_args.eval_backend == "vllm" and eval_args.eval_mode == "blocking"
+    rank0_only = eval_args.eval_backend == "hf" or blocking_vllm
+    if rank0_only and sharded:
+        what = f"eval_backend: {eval_args.eval_backend}{' with eval_mode: blocking' if blocking_vllm else ''}"
+        raise RecipeError(f"{what} generates on rank 0 only, which deadlocks under FSDP / DeepSpeed ZeRO-3 (every "
+                          "rank holds a shard of the weights): use eval_backend: vllm (async, on its own GPU), or DDP")
+    if rank0_only and world_size > 1:
+        logger.warning("eval_backend %s under %d processes: the other ranks wait in a collective while rank 0 "
+                       "generates; an eval longer than ddp_timeout (%ss) aborts the run", eval_args.eval_backend,
+                       world_size, ddp_timeout)
+
+
 def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer):
     """Wire the recipe's eval backend; returns what must be closed after training.
 
@@ -64,6 +84,8 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
         return []
     if data_args.eval_data is None:
         raise RecipeError(f"eval_backend is {eval_args.eval_backend!r} but the recipe sets no eval_data")
+    check_eval_backend_for_parallelism(eval_args, sharded=trainer.weights_are_sharded(),
+                                       world_size=training_args.world_size, ddp_timeout=training_args.ddp_timeout)
     if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
         from hf_sft.async_eval import build_async_eval_callback
 
@@ -104,8 +126,10 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
 
 
 def main(argv: list[str] | None = None) -> SFTTrainer:
-    # 1. Recipe -> dataclasses (YAML defaults, command-line overrides).
-    model_args, data_args, eval_args, training_args = parse_recipe(argv)
+    # 1. Recipe -> dataclasses (YAML defaults, command-line overrides). Before the device is set up, a
+    #    single training process is shown only its training GPU (no DataParallel; the eval GPU stays free).
+    model_args, data_args, eval_args, training_args = parse_recipe(
+        argv, before_training_args=lambda model_args, data_args, eval_args: isolate_training_gpus(eval_args))
     setup_logging(training_args)
     set_seed(training_args.seed)
     logger.info("Output dir: %s", training_args.output_dir)
@@ -158,11 +182,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 def cli() -> None:
     """The command: bad recipes, data and model paths end with their message, not a traceback."""
     from hf_sft.data import DataFormatError
+    from hf_sft.eval_worker import SnapshotMemoryError
     from hf_sft.modeling import ModelLoadError
 
     try:
         main()
-    except (RecipeError, DataFormatError, ModelLoadError) as err:
+    except (RecipeError, DataFormatError, ModelLoadError, SnapshotMemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -88,7 +88,7 @@ class SFTTrainer(Trainer):
                 raise ValueError(f"the model scales its logits ({', '.join(transforms)}); response_only_lm_head "
                                  "and fused_lm_head would skip that: set both to false for this model")
         self._warn_if_fsdp_was_not_applied()
-        if self._uses_hidden_states() and self._head_weight_is_sharded():
+        if self._uses_hidden_states() and self.weights_are_sharded():
             # FSDP / ZeRO-3 gather the head's weight only inside the model's forward; ours reads it after.
             logger.warning("response_only_lm_head and fused_lm_head are off under FSDP / DeepSpeed ZeRO-3 (the LM "
                            "head's weight is sharded outside the model's forward); the plain loss path is used")
@@ -106,7 +106,8 @@ class SFTTrainer(Trainer):
                            self.accelerator.distributed_type.value,
                            "DDP" if self.args.world_size > 1 else "single-process training")
 
-    def _head_weight_is_sharded(self) -> bool:
+    def weights_are_sharded(self) -> bool:
+        """FSDP or ZeRO-3: each rank holds a shard; a forward (and a full state dict) needs every rank."""
         if getattr(self, "is_fsdp_enabled", False):
             return True
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
@@ -184,19 +185,27 @@ class SFTTrainer(Trainer):
         no_positions = torch.empty(0, dtype=torch.long, device=labels.device)
         outputs = model(**model_inputs, use_cache=False, logits_to_keep=no_positions, output_hidden_states=True)
         lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        # Under mixed precision accelerate returns the forward's outputs upcast to fp32 and autocast is off
-        # out here: back to the head's dtype (exact for a bf16 model, whose norm produced bf16 values).
-        hidden = outputs.hidden_states[-1].to(lm_head.weight.dtype)
+        weight, bias = lm_head.weight, lm_head.bias
+        # fp32 master weights under bf16/fp16 mixed precision: autocast is off out here, so do what it does
+        # to the model's own head inside the forward: compute in the half dtype (the casts are differentiable;
+        # the gradient reaches the fp32 weight).
+        half = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        if half is not None and weight.dtype == torch.float32:
+            weight = weight.to(half)
+            bias = None if bias is None else bias.to(half)
+        # Under mixed precision accelerate returns the forward's outputs upcast to fp32: back to the head's
+        # compute dtype (exact for a bf16 model, whose norm produced bf16 values).
+        hidden = outputs.hidden_states[-1].to(weight.dtype)
         if self.args.response_only_lm_head:
             hidden, targets, weights = hidden[response_mask], labels[response_mask], None
         else:
             hidden, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
             weights = response_mask.reshape(-1).to(hidden.dtype)
         if self.args.fused_lm_head:
-            head = fused_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights,
+            head = fused_linear_nll(hidden, weight, bias, targets, weights,
                                     chunk_tokens=self.args.lm_head_chunk_size or None)
         else:
-            head = plain_linear_nll(hidden, lm_head.weight, lm_head.bias, targets, weights)
+            head = plain_linear_nll(hidden, weight, bias, targets, weights)
         if weights is not None:  # statistics of response positions only
             keep = weights.bool()
             head.entropy, head.correct, head.log_probs = head.entropy[keep], head.correct[keep], head.log_probs[keep]

@@ -83,6 +83,12 @@ def select_device(device: str) -> None:
         if index != "0":
             raise RuntimeError(f"cannot put vLLM on {device}: CUDA is already initialised in this process")
         return
+    from hf_sft.devices import EVAL_VISIBLE_ENV
+
+    physical = os.environ.get(EVAL_VISIBLE_ENV)
+    if physical:  # the trainer hid the eval GPU from itself (hf_sft/devices.py) and left its index here
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical
+        return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:  # cuda:N counts within the devices already visible to the trainer
         ids = visible.split(",")
@@ -194,8 +200,12 @@ def state_dict_for_push(model, accelerator=None) -> dict[str, torch.Tensor]:
     - DDP / torch.compile wrappers are removed with ``accelerator.unwrap_model``.
     - Under FSDP (1 or 2) or DeepSpeed ZeRO-3 the full tensors are gathered with
       ``accelerator.get_state_dict`` -- a collective, so every rank must call this at the same step;
-      only rank 0 gets the tensors. That path is written from accelerate's documented API and is NOT
-      verified here (no multi-GPU machine); the single-process path is.
+      only rank 0 gets the tensors, the others get ``{}`` (ZeRO-3's consolidated dict is ``None`` off
+      rank 0, FSDP's full state dict is empty there). Under DeepSpeed ``model`` must be the engine
+      (``trainer.model_wrapped``): accelerate calls ``model.zero_gather_16bit_weights_on_model_save()``
+      and ``model._zero3_consolidated_16bit_state_dict()`` on it (accelerator.py ``get_state_dict``);
+      :func:`trainer_state_dict_for_push` picks the right object. Those paths are read, not run here
+      (no multi-GPU machine); the single-process and DDP paths are.
     """
     if accelerator is not None:
         from accelerate.utils import DistributedType
@@ -207,6 +217,8 @@ def state_dict_for_push(model, accelerator=None) -> dict[str, torch.Tensor]:
     else:
         inner = model.module if hasattr(model, "module") else model
         state = inner.state_dict()
+    if not state:  # a rank other than 0 of a sharded run
+        return {}
     state = {_clean_name(k): v for k, v in state.items()}
     config = getattr(inner, "config", None)
     if state and getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
@@ -214,6 +226,19 @@ def state_dict_for_push(model, accelerator=None) -> dict[str, torch.Tensor]:
         embed_name = next(name for name, module in inner.named_modules() if module is embedding)
         state["lm_head.weight"] = state[f"{embed_name}.weight"]
     return state
+
+
+def trainer_state_dict_for_push(trainer) -> dict[str, torch.Tensor]:
+    """:func:`state_dict_for_push` of a Trainer's policy: the DeepSpeed engine under DeepSpeed.
+
+    ``trainer.model`` is the bare module there; ``trainer.model_wrapped`` is the engine that can gather
+    ZeRO-3 shards. Under FSDP both name the sharded model; under DDP unwrapping handles either.
+    """
+    accelerator = getattr(trainer, "accelerator", None)
+    model = trainer.model
+    if getattr(trainer, "is_deepspeed_enabled", False) and getattr(trainer, "model_wrapped", None) is not None:
+        model = trainer.model_wrapped
+    return state_dict_for_push(model, accelerator)
 
 
 # ------------------------------------------------------------------ weights into the engine

@@ -15,6 +15,12 @@
 # starts again with --resume_from_checkpoint auto from that checkpoint. A preemption by the scheduler
 # (SIGTERM to every process, then SIGKILL after KillWait) takes the same path. Raise the 300 s if saving
 # a checkpoint takes longer on your filesystem.
+# Multi-GPU configs run torch-elastic's agent inside `accelerate launch`: on SIGTERM it SIGTERMs the ranks
+# and SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (torch/distributed/launcher/api.py; default 30 s,
+# too short to finish a step and write a 1.5B checkpoint with fp32 optimizer state). The script sets it
+# to 270 s, inside the 300 s above. The ranks agree on the stop step (hf_sft/preemption.py), so a
+# signal that reaches one rank first cannot hang the others. A scheduler preemption is bounded by
+# Slurm's KillWait instead, which the script cannot extend.
 #
 #SBATCH --job-name=hf-sft
 #SBATCH --nodes=1
@@ -51,6 +57,7 @@ fi
 echo "[$(date -Is)] job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0} on $(hostname): $recipe $*"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
 
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-270}"
 preempted=0
 pgid=""
 # shellcheck disable=SC2317  # invoked by the trap below, which shellcheck 0.9 does not follow

@@ -79,11 +79,12 @@ def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_
     from hf_sft.results import read_summaries
 
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2")
-    callback = add_async_eval(trainer, recipe, policy="queue")
+    callback = add_async_eval(trainer, recipe, policy="queue", max_queued=1)
     trainer.train()
 
     logs = eval_logs(trainer)
     assert [e["eval_step"] for e in logs] == [0, 2, 4, 6]
+    assert 1 <= callback.peak_slots <= callback.max_snapshots == 2  # the bounded queue waited, lost nothing
     assert all(r.status == "done" for r in callback.records.values())
     # Not blocking: the baseline's result is logged after training had moved on.
     assert logs[0]["step"] >= 1

@@ -93,3 +93,46 @@ def test_fsdp_on_cpu_is_said_to_run_as_ddp_not_silently_dropped(tmp_path, env):
                {**env, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
     assert "FSDP was asked for (fsdp / ACCELERATE_USE_FSDP) but accelerate runs as MULTI_CPU" in proc.stderr
     assert "plain DDP" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_finishes(tmp_path, env):
+    """SIGTERM reaches one DDP rank only: both ranks checkpoint at the same step, exit 0; resume trains the rest."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    steps = 60
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29573", "hf_sft/train.py", *COMMON,
+           "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--save_strategy", "no",
+           "--ddp_timeout", "120", "--output_dir", str(out)]
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=sink,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while "'loss'" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, log.read_text()[-4000:]
+        os.kill(workers[-1], signal.SIGTERM)  # one rank only
+        assert proc.wait(timeout=300) == 0, log.read_text()[-6000:]
+    text = log.read_text()
+    stops = sorted(line.split("at step ")[1].split()[0] for line in text.splitlines()
+                   if "saving a checkpoint at step" in line)
+    assert len(stops) == 2 and stops[0] == stops[1], text[-4000:]
+    saved = int(stops[0])
+    assert 0 < saved < steps
+    checkpoint = out / f"checkpoint-{saved}"
+    assert (checkpoint / "rng_state_0.pth").exists() and (checkpoint / "rng_state_1.pth").exists()
+    assert not (out / "model.safetensors").exists()
+
+    resumed = run([*cmd, "--resume_from_checkpoint", "auto"], env)
+    assert (resumed.stdout + resumed.stderr).count("'loss'") == steps - saved  # only the remaining steps
+    assert losses(out) and (out / "model.safetensors").exists()

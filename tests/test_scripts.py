@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = sorted(str(p) for p in Path(REPO_ROOT, "scripts").glob("*.sh")) + [os.path.join(REPO_ROOT, ".ci", "run")]
+SCRIPTS = sorted(str(p) for d in ("scripts", "benchmarks") for p in Path(REPO_ROOT, d).glob("*.sh")) + \
+    [os.path.join(REPO_ROOT, ".ci", "run")]
 SHELLCHECK = shutil.which("shellcheck")
 
 
@@ -35,6 +36,18 @@ def test_script_parses(script):
 def test_script_passes_shellcheck(script):
     proc = subprocess.run([SHELLCHECK, "--shell=bash", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_gpu_check_runs_its_code_paths_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu-smoke: every check of the GPU run, on a tiny model, passes and fills the table."""
+    table = tmp_path / "table.md"
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--out", str(table)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.read_text().splitlines()[2:]}
+    for check in ("gemm", "train:on", "train:off", "train:losses", "masks", "head", "snapshot", "generate"):
+        assert rows.get(check) == "ok", table.read_text()
 
 
 CPU_ACCELERATE_CONFIG = """\

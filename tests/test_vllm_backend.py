@@ -210,3 +210,54 @@ def test_missing_vllm_names_the_extra(monkeypatch):
         import_vllm()
     assert INSTALL_HINT in str(err.value)
 
+
+
+class _ZeRO3EngineDouble(torch.nn.Module):
+    """The two methods of a DeepSpeed ZeRO-3 engine that accelerate's ``get_state_dict`` calls.
+
+    DeepSpeed does not run on CPU here, so its engine is played by this double; accelerate's own
+    ``Accelerator.get_state_dict`` code runs unchanged. Off rank 0 the consolidated dict is ``None``.
+    """
+
+    def __init__(self, module, rank):
+        super().__init__()
+        self.module, self.rank = module, rank
+
+    def zero_gather_16bit_weights_on_model_save(self):
+        return True
+
+    def _zero3_consolidated_16bit_state_dict(self):
+        return self.module.state_dict() if self.rank == 0 else None
+
+
+def _deepspeed_zero3_accelerator():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False,
+                          deepspeed_config={"zero_optimization": {"stage": 3}},
+                          unwrap_model=lambda m: getattr(m, "module", m))
+    acc.get_state_dict = lambda model: Accelerator.get_state_dict(acc, model)
+    return acc
+
+
+def test_zero3_push_gathers_through_the_engine_and_is_empty_off_rank0(demo_assets):
+    from types import SimpleNamespace
+
+    from hf_sft.vllm_backend import trainer_state_dict_for_push
+
+    tokenizer, _ = demo_assets
+    model = build_model(tokenizer)
+    acc = _deepspeed_zero3_accelerator()
+    with pytest.raises(AttributeError, match="zero_gather_16bit_weights_on_model_save"):
+        state_dict_for_push(model, acc)  # the bare module (trainer.model): what the push used to pass
+    for rank in (0, 1):
+        trainer = SimpleNamespace(model=model, model_wrapped=_ZeRO3EngineDouble(model, rank), accelerator=acc,
+                                  is_deepspeed_enabled=True)
+        state = trainer_state_dict_for_push(trainer)
+        if rank == 0:
+            assert set(state) == set(state_dict_for_push(model)) and "lm_head.weight" in state
+        else:
+            assert state == {}
