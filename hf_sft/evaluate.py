@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     problems = EvalProblems.from_dataset(ds, args.eval_data)
     sampling = SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
                                 max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                seed=eval_args.eval_seed)
+                                seed=eval_args.eval_seed, num_samples=eval_args.eval_num_samples)
     backend = HFGenerationBackend(model, tokenizer, batch_size=eval_args.eval_batch_size)
     with GradingPool(timeout=eval_args.eval_grading_timeout) as grader:
         summary = run_evaluation(backend, problems, sampling, grader, eval_step=args.eval_step,

@@ -428,6 +428,17 @@ def failure_type(response: str, reward_fn: str, finish_reason: str | None = None
     return "incomplete_generation" if finish_reason == "length" else "missing_answer"
 
 
+def voting_key(response: str, reward_fn: str) -> str | None:
+    """The normalised answer a response gives under ``reward_fn``, for maj@k; None when it gives none."""
+    if reward_fn == "r1_zero":
+        return grader_reference.normalized_answer(response or "")
+    answer = extract_answer(response or "") if reward_fn == "r1_zero_lenient" else extract_question_only_answer(
+        response or "")
+    if answer is None or len(answer) > MAX_ANSWER_CHARS:
+        return None
+    return normalize_answer(answer)
+
+
 def grade_one(response: str, ground_truth: str, reward_fn: str = "r1_zero", finish_reason: str | None = None,
               *, fast_path: bool = True) -> GradeResult:
     """Grade in-process, without a pool: for quick use and trusted input.
