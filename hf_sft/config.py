@@ -119,7 +119,8 @@ class EvalArguments:
     def __post_init__(self):
         # Checked at parse time: a typo here must not surface after the model has loaded.
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
-                   "eval_policy": ("latest", "queue"), "eval_reward_fn": ("r1_zero", "r1_zero_lenient", "question_only")}
+                   "eval_policy": ("latest", "queue"),
+                   "eval_reward_fn": ("r1_zero", "r1_zero_lenient", "question_only")}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:

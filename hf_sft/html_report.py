@@ -118,17 +118,36 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+SUMMARY_HTML_COLUMNS = [("step", "step"), ("accuracy", "accuracy"), ("accuracy_ci", "95% CI"),
+                        ("format_accuracy", "format accuracy"), ("format_accuracy_ci", "format 95% CI"),
+                        ("correct", "correct"), ("wrong_answer", "wrong answer"), ("format_failure", "format failure"),
+                        ("response_length", "response length"), ("entropy", "entropy")]
+OPTIONAL_HTML_COLUMNS = [("pass_at_k", "pass@k"), ("maj_at_k", "maj@k"),
+                         ("grader_disagreements", "grader disagreements")]
+
+
+def table_html(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{esc(title)}</th>" for _, title in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r.get(k)))}</td>" for k, _ in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def summary_table_html(rows: list[dict]) -> str:
     if not rows:
         return '<p class="empty">No evaluation has been written yet.</p>'
-    head = "".join(f"<th>{esc(h)}</th>" for h in ("step", "accuracy", "format accuracy", "correct", "wrong answer",
-                                                    "format failure", "response length", "entropy"))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(_fmt(r[k]))}</td>" for k in ("step", "accuracy", "format_accuracy", "correct",
-                                                                 "wrong_answer", "format_failure",
-                                                                 "response_length", "entropy")) + "</tr>"
-        for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    optional = [c for c in OPTIONAL_HTML_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    return table_html(rows, SUMMARY_HTML_COLUMNS + optional)
+
+
+def breakdown_html(breakdowns: dict[str, list[dict]]) -> str:
+    """Last-eval tables by subject / level (rows from ``report.breakdown_rows``)."""
+    parts = []
+    for field, rows in breakdowns.items():
+        columns = [(field, field), ("problems", "problems"), ("count", "graded samples"), ("accuracy", "accuracy"),
+                   ("accuracy_ci", "95% CI"), ("format_accuracy", "format accuracy"),
+                   ("format_accuracy_ci", "95% CI")]
+        parts.append(f"<h2>By {esc(field)}</h2>{table_html(rows, columns)}")
+    return "".join(parts)
 
 
 def _example_html(step: int, record: dict) -> str:
@@ -143,6 +162,10 @@ def _example_html(step: int, record: dict) -> str:
              f"finish: {record.get('finish_reason') or '–'}"]
     if grading.get("timed_out"):
         facts.append("grading timed out")
+    alternate = grading.get("alternate")
+    if record.get("grader_disagreement") and isinstance(alternate, dict):
+        facts.append(f"graders disagree: {alternate.get('reward_fn')} gives {_fmt(alternate.get('reward'), 1)}")
+    facts += [str(record[k]) for k in ("subject", "level") if record.get(k)]
     label = CATEGORY_LABELS[category] + (f" · {failure}" if failure else "")
     header = f'<span class="badge">{esc(label)}</span>' + "".join(f"<span>{esc(f)}</span>" for f in facts)
     panes = (("Problem", "problem"), ("Response", "response"), ("Ground truth", "ground_truth"))
@@ -158,7 +181,8 @@ def _select(ident: str, label: str, options: list[tuple[str, str]], selected: st
 
 
 def render_report(title: str, subtitle: str, table_rows: list[dict], plot_paths: list[Path],
-                  records_by_step: dict[int, list[dict]]) -> str:
+                  records_by_step: dict[int, list[dict]], breakdowns: dict[str, list[dict]] | None = None,
+                  note: str = "") -> str:
     """The whole page as a string."""
     nonce = secrets.token_urlsafe(16)
     steps = sorted(records_by_step)
@@ -183,7 +207,8 @@ def render_report(title: str, subtitle: str, table_rows: list[dict], plot_paths:
 <title>{esc(title)}</title><style nonce="{nonce}">{_CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1><p class="meta">{esc(subtitle)} · generated {esc(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
-<h2>Summary</h2>{summary_table_html(table_rows)}
+<h2>Summary</h2>{summary_table_html(table_rows)}{f'<p class="meta">{esc(note)}</p>' if note else ""}
+{breakdown_html(breakdowns or {})}
 <h2>Progress</h2><div class="plots">{plots or '<p class="empty">No plots yet.</p>'}</div>
 <h2>Examples</h2><div class="controls">{controls}</div>
 <div id="examples">{examples or '<p class="empty">No per-example logs yet.</p>'}</div>
