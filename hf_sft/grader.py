@@ -428,13 +428,17 @@ def failure_type(response: str, reward_fn: str, finish_reason: str | None = None
     return "incomplete_generation" if finish_reason == "length" else "missing_answer"
 
 
+VOTE_MAX_CHARS = 512  # voting runs in the caller's process, without the pool's deadline: keep it cheap
+
+
 def voting_key(response: str, reward_fn: str) -> str | None:
-    """The normalised answer a response gives under ``reward_fn``, for maj@k; None when it gives none."""
+    """The normalised answer a response gives under ``reward_fn``, for maj@k; None when it gives none
+    (or one over ``VOTE_MAX_CHARS``, which no real answer is)."""
     if reward_fn == "r1_zero":
-        return grader_reference.normalized_answer(response or "")
+        return grader_reference.normalized_answer(response or "", max_chars=VOTE_MAX_CHARS)
     answer = extract_answer(response or "") if reward_fn == "r1_zero_lenient" else extract_question_only_answer(
         response or "")
-    if answer is None or len(answer) > MAX_ANSWER_CHARS:
+    if answer is None or len(answer) > VOTE_MAX_CHARS:
         return None
     return normalize_answer(answer)
 

@@ -362,11 +362,11 @@ def r1_zero_reward_fn(response: str, ground_truth: str, *, fast_path: bool = Tru
     return {"format_reward": 1.0, "answer_reward": float(ok), "reward": float(ok)}
 
 
-def normalized_answer(response: str) -> str | None:
+def normalized_answer(response: str, max_chars: int = MAX_CHARS) -> str | None:
     """The answer a response gives, normalised (for majority voting); None when the format check fails."""
     if not has_format(response):
         return None
     answer = answer_text(response)
     if "\\boxed" in answer:
         answer = cut_answer(answer)
-    return None if answer is None or len(answer) > MAX_CHARS else mathd_normalize(answer)
+    return None if answer is None or len(answer) > max_chars else mathd_normalize(answer)

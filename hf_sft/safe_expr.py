@@ -35,6 +35,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             raise ParseError(f"unexpected {text[pos]!r} at {pos}")
         kind = m.lastgroup
         value = m.group(kind)
+        if kind == "num" and out and out[-1][0] == "num":
+            raise ParseError(f"two numbers in a row at {pos}")  # "1.2.3": a syntax error for parse_expr too
         if kind == "name" and value not in _FUNCTIONS + _CONSTANTS:
             out += [("name", c) for c in value]  # split_symbols: "xy" is x*y
         else:
@@ -151,13 +153,13 @@ class _Parser:
 
 
 def _check_power(base, exponent) -> None:
-    """Refuse powers whose exact value would have more than ``MAX_DIGITS`` digits."""
+    """Refuse exact powers whose value would have more than ``MAX_DIGITS`` digits (``(1/2)^{-10^9}`` too)."""
     if not exponent.is_Number:
         return
     e = abs(float(exponent)) if exponent.is_finite else math.inf
-    if base.is_Number and base.is_finite and abs(base) > 1:
-        b = float(abs(base)) if abs(base) < 10**300 else math.inf
-        if e * math.log10(b) > MAX_DIGITS:
+    if base.is_Rational and base != 0:
+        biggest = max(abs(int(base.p)), abs(int(base.q)))
+        if biggest > 1 and e * math.log10(biggest) > MAX_DIGITS:
             raise ParseError("power too large")
     elif not base.is_Number and e > 10_000:
         raise ParseError("exponent too large")

@@ -132,7 +132,7 @@ def test_safe_expr_builds_what_parse_expr_would():
 
 
 @pytest.mark.parametrize("text", ["__import__('os').system('x')", "lambda:0", "a.b", "x = 1", "2^99999999",
-                                  "(9^9)^(9^9)", "100000!", "x[0]", "1;2", "", "(", "1/0"])
+                                  "(9^9)^(9^9)", "(1/2)^-99999999", "100000!", "1.2.3", "x[0]", "1;2", "", "(", "1/0"])
 def test_safe_expr_refuses(text):
     with pytest.raises(ParseError):
         parse(text)
