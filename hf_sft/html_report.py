@@ -49,6 +49,7 @@ _JS = """
 (function () {
   var step = document.getElementById('f-step'), cat = document.getElementById('f-category'),
       fail = document.getElementById('f-failure'), q = document.getElementById('f-search'),
+      graders = document.getElementById('f-graders'), subject = document.getElementById('f-subject'),
       count = document.getElementById('count'), items = document.querySelectorAll('.ex');
   function params() {
     var out = {};
@@ -68,6 +69,8 @@ _JS = """
       var ok = (step.value === 'all' || d.step === step.value) &&
                (cat.value === 'all' || d.category === cat.value) &&
                (fail.value === 'all' || d.failure === fail.value) &&
+               (!graders || graders.value === 'all' || d.disagree === '1') &&
+               (!subject || subject.value === 'all' || d.subject === subject.value) &&
                (!text || items[i].textContent.toLowerCase().indexOf(text) >= 0);
       items[i].hidden = !ok;
       if (ok) shown++;
@@ -77,7 +80,9 @@ _JS = """
   }
   function save() {
     var h = 'step=' + encodeURIComponent(step.value) + '&category=' + encodeURIComponent(cat.value) +
-            '&failure=' + encodeURIComponent(fail.value) + (q.value ? '&q=' + encodeURIComponent(q.value) : '');
+            '&failure=' + encodeURIComponent(fail.value) + (q.value ? '&q=' + encodeURIComponent(q.value) : '') +
+            (graders ? '&graders=' + encodeURIComponent(graders.value) : '') +
+            (subject ? '&subject=' + encodeURIComponent(subject.value) : '');
     history.replaceState(null, '', '#' + h);
     apply();
   }
@@ -86,10 +91,12 @@ _JS = """
     if (p.step) choose(step, p.step);
     if (p.category) choose(cat, p.category);
     if (p.failure) choose(fail, p.failure);
+    if (p.graders && graders) choose(graders, p.graders);
+    if (p.subject && subject) choose(subject, p.subject);
     if (p.q !== undefined) q.value = p.q;
     apply();
   }
-  [step, cat, fail].forEach(function (el) { el.addEventListener('change', save); });
+  [step, cat, fail, graders, subject].forEach(function (el) { if (el) el.addEventListener('change', save); });
   q.addEventListener('input', save);
   window.addEventListener('hashchange', load);
   load();
@@ -170,8 +177,10 @@ def _example_html(step: int, record: dict) -> str:
     header = f'<span class="badge">{esc(label)}</span>' + "".join(f"<span>{esc(f)}</span>" for f in facts)
     panes = (("Problem", "problem"), ("Response", "response"), ("Ground truth", "ground_truth"))
     cols = "".join(f"<div><h3>{name}</h3><pre>{esc(record.get(key))}</pre></div>" for name, key in panes)
+    disagree = "1" if record.get("grader_disagreement") else "0"
     return (f'<article class="ex {category}" data-step="{step}" data-category="{category}" '
-            f'data-failure="{esc(failure)}"><header>{header}</header><div class="cols">{cols}</div></article>')
+            f'data-failure="{esc(failure)}" data-disagree="{disagree}" data-subject="{esc(record.get("subject"))}">'
+            f'<header>{header}</header><div class="cols">{cols}</div></article>')
 
 
 def _select(ident: str, label: str, options: list[tuple[str, str]], selected: str) -> str:
@@ -187,11 +196,14 @@ def render_report(title: str, subtitle: str, table_rows: list[dict], plot_paths:
     nonce = secrets.token_urlsafe(16)
     steps = sorted(records_by_step)
     failures = sorted({r.get("failure_type") for rs in records_by_step.values() for r in rs if r.get("failure_type")})
+    subjects = sorted({str(r["subject"]) for rs in records_by_step.values() for r in rs if r.get("subject")})
     controls = "".join([
         _select("f-step", "Step", [("all", "all steps")] + [(str(s), str(s)) for s in steps],
                 str(steps[-1]) if steps else "all"),
         _select("f-category", "Category", [("all", "all")] + [(c, CATEGORY_LABELS[c]) for c in CATEGORIES], "all"),
         _select("f-failure", "Failure type", [("all", "all")] + [(f, f) for f in failures], "all"),
+        _select("f-graders", "Graders", [("all", "all"), ("disagree", "disagree")], "all"),
+        _select("f-subject", "Subject", [("all", "all")] + [(x, x) for x in subjects], "all") if subjects else "",
         '<label>Search <input id="f-search" type="search" placeholder="text in problem/response"></label>',
         '<span id="count"></span>',
     ])

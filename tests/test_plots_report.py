@@ -34,7 +34,7 @@ def record(i: int, category: str, failure: str | None = None, response: str | No
         "metrics": {"token_entropy": 1.5, "response_length": 20 + i},
         "category": category, "failure_type": failure, "finish_reason": "stop",
         "grading": {"timed_out": False, "error": None}, "subject": ("Algebra", "Number Theory")[i % 2],
-        "level": f"Level {1 + i % 3}",
+        "level": f"Level {1 + i % 3}", "grader_disagreement": category == "wrong_answer",
     }
 
 
@@ -210,6 +210,12 @@ def test_browser_lists_examples_and_filters_by_category(tmp_path, category):
     assert len(visible) == expected
     assert {e["data-category"] for e in visible} == {category}
     assert all(e["hidden"] for e in parsed.examples if e["data-category"] != category)
+    if category == "wrong_answer":  # once: only where the graders disagree (a wrong answer per step); a subject
+        dom = chromium(["--dump-dom", f"{url}#step=all&graders=disagree"], tmp_path / "profile")
+        visible = [e for e in parse(dom.stdout).examples if not e["hidden"]]
+        assert len(visible) == 3 and {e["data-disagree"] for e in visible} == {"1"}
+        dom = chromium(["--dump-dom", f"{url}#step=all&subject=Algebra"], tmp_path / "profile")
+        assert {e["data-subject"] for e in parse(dom.stdout).examples if not e["hidden"]} == {"Algebra"}
     # The hostile response is text, and its script never ran.
     assert parsed.title == "hf-sft run run" and "pwned" not in parsed.title
 
