@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
-PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grader_reference", "hf_sft.grading_pool", "math_verify",
-           "pylatexenc.latex2text"]
+PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grader_reference", "hf_sft.grader_reference_normalize",
+           "hf_sft.grading_pool", "math_verify", "pylatexenc.latex2text"]
 
 
 # ---------------------------------------------------------------- worker side
