@@ -106,8 +106,11 @@ def _line(ax, x, y, **kw):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", **kw)
 
 
-def _interval_line(ax, x, y, intervals, **kw):
-    """``_line`` with error bars from [low, high] intervals (Wilson 95%) where a point has one."""
+def _interval_line(ax, x, y, intervals, dodge: float = 0.0, **kw):
+    """``_line`` with error bars from [low, high] intervals (Wilson 95%) where a point has one; ``dodge``
+    shifts the points by that many hundredths of the step range, so overlapping bars stay readable."""
+    span = (max(x) - min(x)) or 1.0 if len(x) > 1 else 1.0
+    x = [a + dodge * span / 100 for a in x]
     pts = [(a, b, ci) for a, b, ci in zip(x, y, intervals) if b is not None]
     if not pts:
         return
@@ -141,7 +144,7 @@ def plot_accuracy(summaries, path) -> Path:
     _interval_line(ax, steps, _metric(summaries, "accuracy"), _intervals(summaries, "accuracy"), label="accuracy",
                    color=CATEGORY_COLORS["correct"])
     _interval_line(ax, steps, _metric(summaries, "format_accuracy"), _intervals(summaries, "format_accuracy"),
-                   label="format accuracy", color="#1565c0", ls="--")
+                   label="format accuracy", color="#1565c0", ls="--", dodge=1.0)
     sampled = [s.get("sampling_metrics") or {} for s in summaries]
     if any(m.get("pass_at_k") is not None for m in sampled):
         k = next(m["num_samples"] for m in sampled if m.get("num_samples"))
@@ -219,10 +222,10 @@ def plot_breakdown(summaries, field: str, path) -> Path:
     names = sorted({n for s in summaries for n in (s.get(f"by_{field}") or {})})
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     steps = _steps(summaries)
-    for name in names:
+    for i, name in enumerate(names):
         groups = [(s.get(f"by_{field}") or {}).get(name) or {} for s in summaries]
         _interval_line(ax, steps, [g.get("accuracy") for g in groups], [g.get("accuracy_ci95") for g in groups],
-                       label=name, alpha=0.85)
+                       dodge=i - (len(names) - 1) / 2, label=name, alpha=0.85)
     ax.set(xlabel="training step", ylabel="accuracy", ylim=(-0.02, 1.02), title=f"Accuracy by {field} (95% intervals)")
     ax.grid(alpha=0.3)
     _legend(ax, fontsize="x-small", ncol=2)
@@ -256,9 +259,9 @@ def plot_run(run_dir, out_dir) -> list[Path]:
 def plot_accuracy_comparison(runs: list[tuple[str, list[dict]]], path) -> Path:
     """Validation accuracy of several runs (label, summaries) on one plot."""
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    for label, summaries in runs:
+    for i, (label, summaries) in enumerate(runs):
         _interval_line(ax, _steps(summaries), _metric(summaries, "accuracy"), _intervals(summaries, "accuracy"),
-                       label=label)
+                       dodge=i - (len(runs) - 1) / 2, label=label)
     ax.set(xlabel="training step", ylabel="accuracy", ylim=(-0.02, 1.02), title="Validation accuracy by run")
     ax.grid(alpha=0.3)
     _legend(ax, fontsize="small")
