@@ -29,10 +29,10 @@ def load_answers(path: Path, limit: int | None) -> list[str]:
     return answers[:limit] if limit else answers
 
 
-def run_pass(pool: GradingPool, truths: list[str], fast_path: bool) -> dict:
+def run_pass(pool: GradingPool, truths: list[str], fast_path: bool, reward_fn: str = "r1_zero_lenient") -> dict:
     responses = [f"</think> <answer> {extract_ground_truth(t)} </answer>" for t in truths]
     start = time.perf_counter()
-    results = pool.grade(responses, truths, fast_path=fast_path)
+    results = pool.grade(responses, truths, fast_path=fast_path, reward_fn=reward_fn)
     wall = time.perf_counter() - start
     failures = [(t, r) for t, r in zip(truths, results) if r.reward != 1.0]
     return {"items": len(truths), "wall_s": wall, "items_per_s": len(truths) / wall,
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--passes", default="fast,cas,parse", help="comma-separated: fast, cas, parse")
+    parser.add_argument("--reward_fn", default="r1_zero_lenient",
+                        help="r1_zero_lenient (the math-verify path these passes were written for) or r1_zero")
     args = parser.parse_args(argv)
     if not args.data.exists():
         print(f"skipped: no data file at {args.data}")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.grade(["</think> <answer> 1 </answer>"], ["1"])  # wait for the workers to be up
         print(f"pool of {len(pool._workers)} workers ready in {time.perf_counter() - start:.2f}s")
         for name in [p for p in args.passes.split(",") if p in ("fast", "cas")]:
-            report(name, run_pass(pool, truths, fast_path=(name == "fast")))
+            report(name, run_pass(pool, truths, fast_path=(name == "fast"), reward_fn=args.reward_fn))
         print(f"workers restarted: {pool.restarts}")
     if "parse" in args.passes.split(","):
         start = time.perf_counter()

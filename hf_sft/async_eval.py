@@ -513,7 +513,8 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         model_dir="", device=device, problems=EvalProblems.from_dataset(ds, data_args.eval_data),
         sampling=SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
                                   max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                  seed=eval_args.eval_seed),
+                                  seed=eval_args.eval_seed,
+                                  num_samples=eval_args.eval_num_samples),
         output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
         reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
         log_level=training_args.get_process_log_level())

@@ -85,7 +85,15 @@ class EvalArguments:
     eval_batch_size: int = field(default=64)
     eval_seed: int = field(default=0)
     eval_stop: str = field(default="</answer>", metadata={"help": "Stop string, kept in the output."})
-    eval_reward_fn: str = field(default="r1_zero", metadata={"help": "r1_zero | question_only"})
+    eval_reward_fn: str = field(
+        default="r1_zero",
+        metadata={"help": "r1_zero: the published r1_zero grader's rules (strict '</think> <answer>'); "
+                  "r1_zero_lenient: any whitespace there, units and number words forgiven, math-verify; "
+                  "question_only: last \\boxed{} or final number."})
+    eval_num_samples: int = field(
+        default=1,
+        metadata={"help": "Samples per problem; above 1 (needs eval_temperature > 0) summaries add pass@k "
+                  "(unbiased estimator) and maj@k for k = this."})
     eval_grading_timeout: float = field(default=10.0, metadata={"help": "Seconds per graded item."})
     eval_device: str | None = field(default=None, metadata={"help": "Device of the eval engine (cuda:1, cpu)."})
     # eval_backend: vllm only (hf_sft/async_eval.py). The engine runs in a worker process of its own.
@@ -121,13 +129,19 @@ class EvalArguments:
     def __post_init__(self):
         # Checked at parse time: a typo here must not surface after the model has loaded.
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
-                   "eval_policy": ("latest", "queue"), "eval_reward_fn": ("r1_zero", "question_only")}
+                   "eval_policy": ("latest", "queue"),
+                   "eval_reward_fn": ("r1_zero", "r1_zero_lenient", "question_only")}
         if self.eval_queue_size < 1:
             raise RecipeError(f"eval_queue_size must be >= 1, got {self.eval_queue_size}")
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
                 raise RecipeError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.eval_num_samples < 1:
+            raise RecipeError(f"eval_num_samples must be at least 1; got {self.eval_num_samples}")
+        if self.eval_num_samples > 1 and self.eval_temperature <= 0:
+            raise RecipeError(f"eval_num_samples {self.eval_num_samples} needs eval_temperature > 0: greedy "
+                              "decoding gives the same sample every time")
 
 
 @dataclass

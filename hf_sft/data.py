@@ -236,17 +236,24 @@ def prepare_train_dataset(data_args, tokenizer) -> PreparedData:
     return PreparedData(kept.remove_columns(["truncated"]), dropped, n_truncated)
 
 
+EVAL_BREAKDOWN_COLUMNS = ("subject", "level")
+
+
 def load_eval_problems(source: str, split: str, template_name: str, num_examples: int | None = None,
                        seed: int = 0) -> Dataset:
-    """Held-out problems as {prompt, problem, ground_truth}, for generation-based evaluation."""
+    """Held-out problems as {prompt, problem, ground_truth}, for generation-based evaluation.
+
+    MATH's ``subject`` and ``level`` columns are kept when the data has them: summaries break results down by them.
+    """
     raw, fmt = load_records(source, split)
     raw = select_subset(raw, num_examples, seed, source)
     template = load_template(template_name) if fmt != "sft" else ""
+    keep = [c for c in EVAL_BREAKDOWN_COLUMNS if c in raw.column_names]
     ds = raw.map(
         to_prompt_response,
         fn_kwargs={"fmt": fmt, "template": template},
-        remove_columns=raw.column_names,
-        new_fingerprint=_fingerprint("eval-format", PREPROCESS_VERSION, raw._fingerprint, fmt, template),
+        remove_columns=[c for c in raw.column_names if c not in keep],
+        new_fingerprint=_fingerprint("eval-format", PREPROCESS_VERSION, raw._fingerprint, fmt, template, *keep),
         desc="Formatting eval problems",
     )
     return ds.remove_columns(["response"])

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-TASK_VERSION = "addition-v3"
+TASK_VERSION = "addition-v4"  # v4: test problems carry subject / level
 
 
 def addition_example(a: int, b: int) -> dict:
@@ -34,6 +34,9 @@ def addition_example(a: int, b: int) -> dict:
         "problem": f"What is {a} + {b}?",
         "reasoning": reasoning,
         "answer": str(total),
+        # MATH-style labels, so the demo's summaries show the per-subject / per-level breakdowns too.
+        "subject": "Carry" if carry else "No carry",
+        "level": "Level 2" if total >= 100 else "Level 1",
     }
 
 
@@ -48,7 +51,7 @@ def write_task_files(
     directory: Path, prompt_template: str, seed: int = 0, num_train: int = 6000, num_test: int = 200
 ) -> None:
     """train.jsonl holds SFT traces {prompt, response, ground_truth} like the real MATH traces;
-    test.jsonl holds problems {problem, answer} for generation-based evaluation."""
+    test.jsonl holds problems {problem, answer, subject, level} for generation-based evaluation."""
     from hf_sft.prompts import format_prompt
 
     train_pairs, test_pairs = split_problems(seed, num_test)
@@ -65,4 +68,4 @@ def write_task_files(
     with open(directory / "test.jsonl", "w") as f:
         for a, b in test_pairs:
             ex = addition_example(a, b)
-            f.write(json.dumps({"problem": ex["problem"], "answer": ex["answer"]}) + "\n")
+            f.write(json.dumps({k: ex[k] for k in ("problem", "answer", "subject", "level")}) + "\n")

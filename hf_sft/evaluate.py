@@ -82,13 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
     problems = EvalProblems.from_dataset(ds, args.eval_data)
     sampling = SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
                                 max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                seed=eval_args.eval_seed)
+                                seed=eval_args.eval_seed,
+                                num_samples=eval_args.eval_num_samples)
     backend = HFGenerationBackend(model, tokenizer, batch_size=eval_args.eval_batch_size)
     with GradingPool(timeout=eval_args.eval_grading_timeout) as grader:
         summary = run_evaluation(backend, problems, sampling, grader, eval_step=args.eval_step,
                                  output_dir=default_output_dir(args), model_name=args.model_name_or_path,
                                  reward_fn=eval_args.eval_reward_fn)
     print(json.dumps({"eval_step": summary["eval_step"], **summary["metrics"],
+                      "accuracy_ci95": summary["confidence_intervals"]["accuracy"],
                       "categorization": {k: v["count"] for k, v in summary["categorization"].items()}}, indent=2))
     return summary
 

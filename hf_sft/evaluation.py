@@ -11,28 +11,34 @@ import time
 from dataclasses import dataclass
 from statistics import mean
 
+from hf_sft import eval_stats
 from hf_sft.generation import Generation, GenerationBackend, SamplingSettings
-from hf_sft.grader import GradingPool, format_failure_type
+from hf_sft.grader import ALTERNATE_REWARD_FN, GradingPool, voting_key
 from hf_sft.results import write_eval_results
 
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("correct", "wrong_answer", "format_failure")
-FAILURE_TYPES = ("missing_think_close", "missing_answer_open", "missing_answer_close", "incomplete_generation")
+FAILURE_TYPES = ("missing_think_close", "missing_answer_open", "missing_answer_close", "think_answer_separator",
+                 "incomplete_generation")
 
 
 @dataclass
 class EvalProblems:
-    """Held-out problems, already formatted with the prompt template."""
+    """Held-out problems, already formatted with the prompt template (MATH's subject / level when known)."""
 
     prompts: list[str]
     problems: list[str]
     ground_truths: list[str]
     dataset: str
+    subjects: list[str | None] | None = None
+    levels: list[str | None] | None = None
 
     @classmethod
     def from_dataset(cls, ds, dataset_name: str) -> "EvalProblems":
-        return cls(list(ds["prompt"]), list(ds["problem"]), [str(g) for g in ds["ground_truth"]], dataset_name)
+        column = lambda name: list(ds[name]) if name in ds.column_names else None  # noqa: E731
+        return cls(list(ds["prompt"]), list(ds["problem"]), [str(g) for g in ds["ground_truth"]], dataset_name,
+                   subjects=column("subject"), levels=column("level"))
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -46,24 +52,39 @@ def categorize(grade) -> str:
     return "format_failure"
 
 
-def build_records(problems: EvalProblems, generations: list[Generation], grades) -> list[dict]:
+def build_records(problems: EvalProblems, generations: list[Generation], grades, *, reward_fn: str = "r1_zero",
+                  num_samples: int = 1) -> list[dict]:
+    """One record per generation; with ``num_samples`` k, generations come k per problem, in problem order."""
     records = []
+    alternate = ALTERNATE_REWARD_FN.get(reward_fn)
     for i, (gen, grade) in enumerate(zip(generations, grades)):
+        p = i // num_samples
         category = categorize(grade)
-        records.append({
+        record = {
             "index": i,
-            "prompt": problems.prompts[i],
-            "problem": problems.problems[i],
+            "problem_index": p,
+            "sample": i % num_samples,
+            "prompt": problems.prompts[p],
+            "problem": problems.problems[p],
             "response": gen.text,
-            "ground_truth": problems.ground_truths[i],
+            "ground_truth": problems.ground_truths[p],
             "rewards": {"format_reward": grade.format_reward, "answer_reward": grade.answer_reward,
                         "total_reward": grade.reward},
             "metrics": {"token_entropy": gen.token_entropy, "response_length": gen.num_tokens},
             "category": category,
-            "failure_type": format_failure_type(gen.text, gen.finish_reason) if category == "format_failure" else None,
+            "failure_type": grade.failure_type if category == "format_failure" else None,
             "finish_reason": gen.finish_reason,
-            "grading": {"timed_out": grade.timed_out, "error": grade.error},
-        })
+            "grading": {"timed_out": grade.timed_out, "error": grade.error, "reward_fn": reward_fn,
+                        "alternate": None if grade.alternate_reward is None else
+                        {"reward_fn": alternate, "reward": grade.alternate_reward}},
+            "grader_disagreement": grade.alternate_reward is not None and grade.alternate_reward != grade.reward,
+        }
+        if num_samples > 1:
+            record["vote"] = voting_key(gen.text, reward_fn)
+        for field, values in (("subject", problems.subjects), ("level", problems.levels)):
+            if values is not None and values[p] is not None:
+                record[field] = values[p]
+        records.append(record)
     return records
 
 
@@ -77,18 +98,25 @@ def _avg(values) -> float | None:
 
 
 def summarize(records: list[dict], *, eval_step: int, sampling: SamplingSettings, model: str, dataset: str,
-              backend: str, wall_time_s: float) -> dict:
+              backend: str, wall_time_s: float, reward_fn: str = "r1_zero") -> dict:
     total = len(records)
     by_cat = {c: [r for r in records if r["category"] == c] for c in CATEGORIES}
     lengths = lambda rs: [r["metrics"]["response_length"] for r in rs]  # noqa: E731
     incorrect = by_cat["wrong_answer"] + by_cat["format_failure"]
+    overall = eval_stats.group_stats(records)
+    optional = {
+        "sampling_metrics": eval_stats.sampling_stats(records, sampling.num_samples),
+        "grader_disagreements": eval_stats.disagreements(records),
+        "by_subject": eval_stats.breakdown(records, "subject"),
+        "by_level": eval_stats.breakdown(records, "level"),
+    }
     return {
         "eval_step": eval_step,
         "total_examples": total,
         "categorization": {c: _count(len(rs), total) for c, rs in by_cat.items()},
         "metrics": {
-            "accuracy": round(len(by_cat["correct"]) / total, 4) if total else 0.0,
-            "format_accuracy": round(sum(r["rewards"]["format_reward"] for r in records) / total, 4) if total else 0.0,
+            "accuracy": overall["accuracy"],
+            "format_accuracy": overall["format_accuracy"],
             "avg_response_length": _avg(lengths(records)),
             "avg_response_length_correct": _avg(lengths(by_cat["correct"])),
             "avg_response_length_incorrect": _avg(lengths(incorrect)),
@@ -97,7 +125,10 @@ def summarize(records: list[dict], *, eval_step: int, sampling: SamplingSettings
         "format_failure_analysis": {
             t: _count(sum(r["failure_type"] == t for r in records), total) for t in FAILURE_TYPES
         },
-        "grading": {"timed_out": sum(r["grading"]["timed_out"] for r in records),
+        "confidence_intervals": {"method": "wilson", "level": 0.95, "accuracy": overall["accuracy_ci95"],
+                                 "format_accuracy": overall["format_accuracy_ci95"]},
+        **{k: v for k, v in optional.items() if v is not None},
+        "grading": {"reward_fn": reward_fn, "timed_out": sum(r["grading"]["timed_out"] for r in records),
                     "errors": sum(r["grading"]["error"] is not None for r in records)},
         "sampling": sampling.to_dict(),
         "model": model,
@@ -113,17 +144,21 @@ def run_evaluation(backend: GenerationBackend, problems: EvalProblems, sampling:
                    reward_fn: str = "r1_zero") -> dict:
     """Generate, grade, write `results/eval_logs/*` under output_dir, and return the summary."""
     start = time.perf_counter()
-    generations = backend.generate(problems.prompts, sampling)
-    grades = grader.grade([g.text for g in generations], problems.ground_truths, reward_fn=reward_fn,
-                          finish_reasons=[g.finish_reason for g in generations])
-    records = build_records(problems, generations, grades)
-    summary = summarize(records, eval_step=eval_step, sampling=sampling, model=model_name,
-                        dataset=problems.dataset, backend=backend.name, wall_time_s=time.perf_counter() - start)
+    k = sampling.num_samples
+    # k samples of a problem are k copies of its prompt: distinct draws on both backends (hf: one RNG stream
+    # through all batches; vLLM: seed + index per request).
+    generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling)
+    grades = grader.grade([g.text for g in generations], [t for t in problems.ground_truths for _ in range(k)],
+                          reward_fn=reward_fn, finish_reasons=[g.finish_reason for g in generations],
+                          compare=reward_fn in ALTERNATE_REWARD_FN)
+    records = build_records(problems, generations, grades, reward_fn=reward_fn, num_samples=k)
+    summary = summarize(records, eval_step=eval_step, sampling=sampling, model=model_name, dataset=problems.dataset,
+                        backend=backend.name, wall_time_s=time.perf_counter() - start, reward_fn=reward_fn)
     _, summary_path = write_eval_results(output_dir, eval_step, records, summary)
-    m = summary["metrics"]
-    logger.info("eval step %d: accuracy %.3f, format accuracy %.3f, avg length %s (%d examples, %.1fs) -> %s",
-                eval_step, m["accuracy"], m["format_accuracy"], m["avg_response_length"], len(records),
-                summary["wall_time_s"], summary_path)
+    m, ci = summary["metrics"], summary["confidence_intervals"]["accuracy"] or [0.0, 0.0]
+    logger.info("eval step %d: accuracy %.3f [%.3f, %.3f], format accuracy %.3f, avg length %s (%d examples, "
+                "%.1fs) -> %s", eval_step, m["accuracy"], ci[0], ci[1], m["format_accuracy"],
+                m["avg_response_length"], len(records), summary["wall_time_s"], summary_path)
     return summary
 
 
@@ -135,6 +170,19 @@ def summary_to_metrics(summary: dict, prefix: str = "eval/") -> dict[str, float]
     for kind, c in summary["format_failure_analysis"].items():
         out[f"{prefix}failure/{kind}"] = c["percentage"] / 100.0
     out[f"{prefix}wall_time_s"] = summary["wall_time_s"]
+    for name in ("accuracy", "format_accuracy"):
+        interval = summary.get("confidence_intervals", {}).get(name)
+        if interval:
+            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = interval
+    for key, value in (summary.get("sampling_metrics") or {}).items():
+        if key in ("pass_at_k", "maj_at_k"):
+            out[f"{prefix}{key}"] = value
+    if summary.get("grader_disagreements"):
+        out[f"{prefix}grader_disagreements"] = summary["grader_disagreements"]["count"]
+    for field in ("subject", "level"):
+        for name, stats in (summary.get(f"by_{field}") or {}).items():
+            for metric in ("accuracy", "format_accuracy"):
+                out[f"{prefix}{field}/{eval_stats.slug(name)}/{metric}"] = stats[metric]
     return out
 
 
@@ -145,7 +193,7 @@ def log_generations(backend: GenerationBackend, problems: EvalProblems, sampling
     generations = backend.generate(problems.prompts, sampling)
     grades = grader.grade([g.text for g in generations], problems.ground_truths, reward_fn=reward_fn,
                           finish_reasons=[g.finish_reason for g in generations])
-    records = build_records(problems, generations, grades)
+    records = build_records(problems, generations, grades, reward_fn=reward_fn)
     for r in records:
         log("[%s] prompt=%r\n  response=%r\n  ground_truth=%r rewards=%s token_entropy=%s",
             r["category"], r["problem"], r["response"], r["ground_truth"], r["rewards"],

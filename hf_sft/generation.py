@@ -23,6 +23,7 @@ class SamplingSettings:
     max_new_tokens: int = 1024
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     seed: int = 0
+    num_samples: int = 1  # samples per problem (pass@k, maj@k); the evaluator repeats prompts, backends need not know
 
     def to_dict(self) -> dict:
         return asdict(self)

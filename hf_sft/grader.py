@@ -1,6 +1,9 @@
 """Reward functions for math answers: strings in, 0/1 rewards out. The grader knows strings, not models.
 
-Pipeline for one item: extract the answer (r1_zero tags, or the last ``\\boxed{}`` / final number), normalise
+``r1_zero`` (the default) is the published r1_zero grader's decisions, in ``hf_sft.grader_reference``;
+this module holds the lenient graders (``r1_zero_lenient``, ``question_only``) and their math-verify path.
+
+Lenient pipeline for one item: extract the answer (r1_zero tags, or the last ``\\boxed{}`` / final number), normalise
 both sides (units, degrees, percent, ``\\$``, spacing macros, thousands commas, ``\\dfrac``...), compare the
 normalised strings and plain numbers exactly (``fractions.Fraction``), and only then ask math-verify's CAS.
 
@@ -35,6 +38,9 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
+from hf_sft import grader_reference
+from hf_sft.grader_reference import r1_zero_reward_fn
+
 MAX_ANSWER_CHARS = 2048
 MAX_DIGITS = 20_000
 MAX_NESTING = 10  # latex2sympy's ANTLR parser slows down steeply with bracket depth (depth 12: ~3 s)
@@ -51,6 +57,7 @@ class GradeResult:
     timed_out: bool = False
     error: str | None = None
     failure_type: str | None = None
+    alternate_reward: float | None = None  # the other r1_zero grader's reward (ALTERNATE_REWARD_FN), if asked
 
     def rewards(self) -> dict[str, float]:
         return {"format_reward": self.format_reward, "answer_reward": self.answer_reward, "reward": self.reward}
@@ -386,8 +393,9 @@ def _rewards(format_ok: bool, answer_ok: bool) -> dict[str, float]:
     return {"format_reward": float(format_ok), "answer_reward": float(ok), "reward": float(ok)}
 
 
-def r1_zero_reward_fn(response: str, ground_truth: str, *, fast_path: bool = True) -> dict[str, float]:
-    """Rewards for a response continuing the r1_zero prompt (``... </think> <answer> X </answer>``)."""
+def r1_zero_lenient_reward_fn(response: str, ground_truth: str, *, fast_path: bool = True) -> dict[str, float]:
+    """Lenient rewards for the r1_zero prompt: any whitespace between ``</think>`` and ``<answer>``, the last
+    complete answer block, units / number words / ``x =`` stripped, then math-verify's CAS."""
     answer = extract_answer(response)
     if answer is None:
         return _rewards(False, False)
@@ -402,16 +410,37 @@ def question_only_reward_fn(response: str, ground_truth: str, *, fast_path: bool
     return _rewards(True, answers_equal(answer, extract_ground_truth(ground_truth), fast_path))
 
 
-REWARD_FNS = {"r1_zero": r1_zero_reward_fn, "question_only": question_only_reward_fn}
+# r1_zero: the published grader's decisions (hf_sft.grader_reference); r1_zero_lenient: ours, more forgiving.
+REWARD_FNS = {"r1_zero": r1_zero_reward_fn, "r1_zero_lenient": r1_zero_lenient_reward_fn,
+              "question_only": question_only_reward_fn}
+# The other r1_zero grader, graded beside the chosen one so a summary can say where they disagree.
+ALTERNATE_REWARD_FN = {"r1_zero": "r1_zero_lenient", "r1_zero_lenient": "r1_zero"}
 
 
 def failure_type(response: str, reward_fn: str, finish_reason: str | None = None) -> str | None:
-    """``format_failure_type`` for r1_zero; for question_only the only failures are no number / truncation."""
+    """Why a response has no gradable answer under ``reward_fn`` (None when it has one)."""
     if reward_fn == "r1_zero":
+        return grader_reference.format_failure_type(response, finish_reason)
+    if reward_fn == "r1_zero_lenient":
         return format_failure_type(response, finish_reason)
     if extract_question_only_answer(response) is not None:
         return None
     return "incomplete_generation" if finish_reason == "length" else "missing_answer"
+
+
+VOTE_MAX_CHARS = 512  # voting runs in the caller's process, without the pool's deadline: keep it cheap
+
+
+def voting_key(response: str, reward_fn: str) -> str | None:
+    """The normalised answer a response gives under ``reward_fn``, for maj@k; None when it gives none
+    (or one over ``VOTE_MAX_CHARS``, which no real answer is)."""
+    if reward_fn == "r1_zero":
+        return grader_reference.normalized_answer(response or "", max_chars=VOTE_MAX_CHARS)
+    answer = extract_answer(response or "") if reward_fn == "r1_zero_lenient" else extract_question_only_answer(
+        response or "")
+    if answer is None or len(answer) > VOTE_MAX_CHARS:
+        return None
+    return normalize_answer(answer)
 
 
 def grade_one(response: str, ground_truth: str, reward_fn: str = "r1_zero", finish_reason: str | None = None,

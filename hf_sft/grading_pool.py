@@ -28,14 +28,15 @@ from collections import deque
 from multiprocessing.connection import wait
 
 from hf_sft import grader
-from hf_sft.grader import REWARD_FNS, GradeResult, failure_type, grade_one
+from hf_sft.grader import ALTERNATE_REWARD_FN, REWARD_FNS, GradeResult, failure_type, grade_one
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
-PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grading_pool", "math_verify"]
+PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grader_reference", "hf_sft.grader_reference_normalize",
+           "hf_sft.grading_pool", "math_verify", "pylatexenc.latex2text"]
 
 
 # ---------------------------------------------------------------- worker side
@@ -70,20 +71,27 @@ def _test_hook(ground_truth: str) -> None:
 
 def _fallback(task: tuple, timed_out: bool, error: str | None) -> tuple:
     """Result row for an item that was not graded: rewards 0, format still judged (string scans only)."""
-    idx, reward_fn, response, _, finish_reason, _ = task
+    idx, reward_fn, response, _, finish_reason, _, _ = task
     failure = failure_type(response, reward_fn, finish_reason)
-    return (idx, float(failure is None), 0.0, 0.0, timed_out, error, failure)
+    return (idx, float(failure is None), 0.0, 0.0, timed_out, error, failure, None, error is not None)
 
 
 def _grade_task(task: tuple, test_hooks: bool) -> tuple:
-    idx, reward_fn, response, ground_truth, finish_reason, fast_path = task
+    """The item's row; its last field says the worker must retire (an exception escaped a computation)."""
+    idx, reward_fn, response, ground_truth, finish_reason, fast_path, alternate = task
     try:
         if test_hooks:
             _test_hook(ground_truth)
         r = grade_one(response, ground_truth, reward_fn, finish_reason, fast_path=fast_path)
     except Exception as e:  # MemoryError and RecursionError included
         return _fallback(task, False, f"{type(e).__name__}: {str(e)[:200]}")
-    return (idx, r.format_reward, r.answer_reward, r.reward, False, None, r.failure_type)
+    alt, retire = None, False
+    if alternate:
+        try:
+            alt = REWARD_FNS[alternate](response, ground_truth, fast_path=fast_path)["reward"]
+        except Exception:  # the primary grade stands; the comparison is just missing for this item
+            retire = True
+    return (idx, r.format_reward, r.answer_reward, r.reward, False, None, r.failure_type, alt, retire)
 
 
 def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
@@ -92,6 +100,7 @@ def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     _limit_memory(memory_limit_mb)
     grader.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
+    grader.grader_reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -103,7 +112,7 @@ def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
         for task in chunk:
             row = _grade_task(task, test_hooks)
             conn.send(row)
-            if row[5]:
+            if row[-1]:
                 return  # an exception escaped mid-computation: state may be half-updated, so retire
 
 
@@ -167,21 +176,25 @@ class GradingPool:
             self._workers = []
 
     def grade(self, responses, ground_truths, reward_fn: str = "r1_zero", finish_reasons=None, *,
-              fast_path: bool = True) -> list[GradeResult]:
-        """One ``GradeResult`` per response, in order. Timed-out or failed items score 0 and say so."""
+              fast_path: bool = True, compare: bool = False) -> list[GradeResult]:
+        """One ``GradeResult`` per response, in order. Timed-out or failed items score 0 and say so.
+
+        ``compare``: also grade with the other r1_zero grader (``alternate_reward``), within the same deadline.
+        """
         if reward_fn not in REWARD_FNS:
             raise ValueError(f"reward_fn must be one of {sorted(REWARD_FNS)}, got {reward_fn!r}")
         responses, ground_truths = list(responses), list(ground_truths)
         reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(responses)
         if not len(responses) == len(ground_truths) == len(reasons):
             raise ValueError("responses, ground_truths and finish_reasons must have the same length")
-        tasks = [(i, reward_fn, str(r or ""), str(g), f, fast_path)
+        alternate = ALTERNATE_REWARD_FN.get(reward_fn) if compare else None
+        tasks = [(i, reward_fn, str(r or ""), str(g), f, fast_path, alternate)
                  for i, (r, g, f) in enumerate(zip(responses, ground_truths, reasons))]
         with self._lock:
             if not self._workers:
                 raise RuntimeError("GradingPool is closed")
             rows = self._run(tasks)
-        return [GradeResult(*row[1:]) for row in rows]
+        return [GradeResult(*row[1:-1]) for row in rows]
 
     # -- the loop: dispatch chunks to idle workers, collect rows, kill what is past its deadline
 
@@ -225,7 +238,7 @@ class GradingPool:
                 assert idx == row[0], "worker answered out of order"
                 rows[idx] = row
                 done += 1
-                if row[5]:  # failed: the worker retires itself after such an item
+                if row[-1]:  # failed: the worker retires itself after such an item
                     self._retire(w, pending)
                     return done
         except (EOFError, OSError):

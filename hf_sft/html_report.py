@@ -49,6 +49,7 @@ _JS = """
 (function () {
   var step = document.getElementById('f-step'), cat = document.getElementById('f-category'),
       fail = document.getElementById('f-failure'), q = document.getElementById('f-search'),
+      graders = document.getElementById('f-graders'), subject = document.getElementById('f-subject'),
       count = document.getElementById('count'), items = document.querySelectorAll('.ex');
   function params() {
     var out = {};
@@ -68,6 +69,8 @@ _JS = """
       var ok = (step.value === 'all' || d.step === step.value) &&
                (cat.value === 'all' || d.category === cat.value) &&
                (fail.value === 'all' || d.failure === fail.value) &&
+               (!graders || graders.value === 'all' || d.disagree === '1') &&
+               (!subject || subject.value === 'all' || d.subject === subject.value) &&
                (!text || items[i].textContent.toLowerCase().indexOf(text) >= 0);
       items[i].hidden = !ok;
       if (ok) shown++;
@@ -77,7 +80,9 @@ _JS = """
   }
   function save() {
     var h = 'step=' + encodeURIComponent(step.value) + '&category=' + encodeURIComponent(cat.value) +
-            '&failure=' + encodeURIComponent(fail.value) + (q.value ? '&q=' + encodeURIComponent(q.value) : '');
+            '&failure=' + encodeURIComponent(fail.value) + (q.value ? '&q=' + encodeURIComponent(q.value) : '') +
+            (graders ? '&graders=' + encodeURIComponent(graders.value) : '') +
+            (subject ? '&subject=' + encodeURIComponent(subject.value) : '');
     history.replaceState(null, '', '#' + h);
     apply();
   }
@@ -86,10 +91,12 @@ _JS = """
     if (p.step) choose(step, p.step);
     if (p.category) choose(cat, p.category);
     if (p.failure) choose(fail, p.failure);
+    if (p.graders && graders) choose(graders, p.graders);
+    if (p.subject && subject) choose(subject, p.subject);
     if (p.q !== undefined) q.value = p.q;
     apply();
   }
-  [step, cat, fail].forEach(function (el) { el.addEventListener('change', save); });
+  [step, cat, fail, graders, subject].forEach(function (el) { if (el) el.addEventListener('change', save); });
   q.addEventListener('input', save);
   window.addEventListener('hashchange', load);
   load();
@@ -118,17 +125,36 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+SUMMARY_HTML_COLUMNS = [("step", "step"), ("accuracy", "accuracy"), ("accuracy_ci", "95% CI"),
+                        ("format_accuracy", "format accuracy"), ("format_accuracy_ci", "format 95% CI"),
+                        ("correct", "correct"), ("wrong_answer", "wrong answer"), ("format_failure", "format failure"),
+                        ("response_length", "response length"), ("entropy", "entropy")]
+OPTIONAL_HTML_COLUMNS = [("pass_at_k", "pass@k"), ("maj_at_k", "maj@k"),
+                         ("grader_disagreements", "grader disagreements")]
+
+
+def table_html(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{esc(title)}</th>" for _, title in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r.get(k)))}</td>" for k, _ in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def summary_table_html(rows: list[dict]) -> str:
     if not rows:
         return '<p class="empty">No evaluation has been written yet.</p>'
-    head = "".join(f"<th>{esc(h)}</th>" for h in ("step", "accuracy", "format accuracy", "correct", "wrong answer",
-                                                    "format failure", "response length", "entropy"))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(_fmt(r[k]))}</td>" for k in ("step", "accuracy", "format_accuracy", "correct",
-                                                                 "wrong_answer", "format_failure",
-                                                                 "response_length", "entropy")) + "</tr>"
-        for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    optional = [c for c in OPTIONAL_HTML_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    return table_html(rows, SUMMARY_HTML_COLUMNS + optional)
+
+
+def breakdown_html(breakdowns: dict[str, list[dict]]) -> str:
+    """Last-eval tables by subject / level (rows from ``report.breakdown_rows``)."""
+    parts = []
+    for field, rows in breakdowns.items():
+        columns = [(field, field), ("problems", "problems"), ("count", "graded samples"), ("accuracy", "accuracy"),
+                   ("accuracy_ci", "95% CI"), ("format_accuracy", "format accuracy"),
+                   ("format_accuracy_ci", "95% CI")]
+        parts.append(f"<h2>By {esc(field)}</h2>{table_html(rows, columns)}")
+    return "".join(parts)
 
 
 def _example_html(step: int, record: dict) -> str:
@@ -143,12 +169,18 @@ def _example_html(step: int, record: dict) -> str:
              f"finish: {record.get('finish_reason') or '–'}"]
     if grading.get("timed_out"):
         facts.append("grading timed out")
+    alternate = grading.get("alternate")
+    if record.get("grader_disagreement") and isinstance(alternate, dict):
+        facts.append(f"graders disagree: {alternate.get('reward_fn')} gives {_fmt(alternate.get('reward'), 1)}")
+    facts += [str(record[k]) for k in ("subject", "level") if record.get(k)]
     label = CATEGORY_LABELS[category] + (f" · {failure}" if failure else "")
     header = f'<span class="badge">{esc(label)}</span>' + "".join(f"<span>{esc(f)}</span>" for f in facts)
     panes = (("Problem", "problem"), ("Response", "response"), ("Ground truth", "ground_truth"))
     cols = "".join(f"<div><h3>{name}</h3><pre>{esc(record.get(key))}</pre></div>" for name, key in panes)
+    disagree = "1" if record.get("grader_disagreement") else "0"
     return (f'<article class="ex {category}" data-step="{step}" data-category="{category}" '
-            f'data-failure="{esc(failure)}"><header>{header}</header><div class="cols">{cols}</div></article>')
+            f'data-failure="{esc(failure)}" data-disagree="{disagree}" data-subject="{esc(record.get("subject"))}">'
+            f'<header>{header}</header><div class="cols">{cols}</div></article>')
 
 
 def _select(ident: str, label: str, options: list[tuple[str, str]], selected: str) -> str:
@@ -158,16 +190,20 @@ def _select(ident: str, label: str, options: list[tuple[str, str]], selected: st
 
 
 def render_report(title: str, subtitle: str, table_rows: list[dict], plot_paths: list[Path],
-                  records_by_step: dict[int, list[dict]]) -> str:
+                  records_by_step: dict[int, list[dict]], breakdowns: dict[str, list[dict]] | None = None,
+                  note: str = "") -> str:
     """The whole page as a string."""
     nonce = secrets.token_urlsafe(16)
     steps = sorted(records_by_step)
     failures = sorted({r.get("failure_type") for rs in records_by_step.values() for r in rs if r.get("failure_type")})
+    subjects = sorted({str(r["subject"]) for rs in records_by_step.values() for r in rs if r.get("subject")})
     controls = "".join([
         _select("f-step", "Step", [("all", "all steps")] + [(str(s), str(s)) for s in steps],
                 str(steps[-1]) if steps else "all"),
         _select("f-category", "Category", [("all", "all")] + [(c, CATEGORY_LABELS[c]) for c in CATEGORIES], "all"),
         _select("f-failure", "Failure type", [("all", "all")] + [(f, f) for f in failures], "all"),
+        _select("f-graders", "Graders", [("all", "all"), ("disagree", "disagree")], "all"),
+        _select("f-subject", "Subject", [("all", "all")] + [(x, x) for x in subjects], "all") if subjects else "",
         '<label>Search <input id="f-search" type="search" placeholder="text in problem/response"></label>',
         '<span id="count"></span>',
     ])
@@ -183,7 +219,8 @@ def render_report(title: str, subtitle: str, table_rows: list[dict], plot_paths:
 <title>{esc(title)}</title><style nonce="{nonce}">{_CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1><p class="meta">{esc(subtitle)} · generated {esc(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
-<h2>Summary</h2>{summary_table_html(table_rows)}
+<h2>Summary</h2>{summary_table_html(table_rows)}{f'<p class="meta">{esc(note)}</p>' if note else ""}
+{breakdown_html(breakdowns or {})}
 <h2>Progress</h2><div class="plots">{plots or '<p class="empty">No plots yet.</p>'}</div>
 <h2>Examples</h2><div class="controls">{controls}</div>
 <div id="examples">{examples or '<p class="empty">No per-example logs yet.</p>'}</div>

@@ -106,6 +106,33 @@ def _line(ax, x, y, **kw):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", **kw)
 
 
+def _interval_line(ax, x, y, intervals, dodge: float = 0.0, **kw):
+    """``_line`` with error bars from [low, high] intervals (Wilson 95%) where a point has one; ``dodge``
+    shifts the points by that many hundredths of the step range, so overlapping bars stay readable."""
+    span = (max(x) - min(x)) or 1.0 if len(x) > 1 else 1.0
+    x = [a + dodge * span / 100 for a in x]
+    pts = [(a, b, ci) for a, b, ci in zip(x, y, intervals) if b is not None]
+    if not pts:
+        return
+    if not any(ci for _, _, ci in pts):
+        _line(ax, x, y, **kw)
+        return
+    lows = [b - ci[0] if ci else 0.0 for _, b, ci in pts]
+    highs = [ci[1] - b if ci else 0.0 for _, b, ci in pts]
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[max(v, 0.0) for v in lows],
+                                                               [max(v, 0.0) for v in highs]],
+                marker="o", capsize=3, **kw)
+
+
+def _intervals(summaries, key):
+    """Wilson intervals of ``key`` (accuracy / format_accuracy), None where a summary has none."""
+    out = []
+    for s in summaries:
+        ci = (s.get("confidence_intervals") or {}).get(key)
+        out.append(ci if isinstance(ci, list) and len(ci) == 2 else None)
+    return out
+
+
 def _legend(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing drawn (no values yet): no empty legend box
         ax.legend(**kw)
@@ -114,10 +141,17 @@ def _legend(ax, **kw) -> None:
 def plot_accuracy(summaries, path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     steps = _steps(summaries)
-    _line(ax, steps, _metric(summaries, "accuracy"), label="accuracy", color=CATEGORY_COLORS["correct"])
-    _line(ax, steps, _metric(summaries, "format_accuracy"), label="format accuracy", color="#1565c0", ls="--")
+    _interval_line(ax, steps, _metric(summaries, "accuracy"), _intervals(summaries, "accuracy"), label="accuracy",
+                   color=CATEGORY_COLORS["correct"])
+    _interval_line(ax, steps, _metric(summaries, "format_accuracy"), _intervals(summaries, "format_accuracy"),
+                   label="format accuracy", color="#1565c0", ls="--", dodge=1.0)
+    sampled = [s.get("sampling_metrics") or {} for s in summaries]
+    if any(m.get("pass_at_k") is not None for m in sampled):
+        k = next(m["num_samples"] for m in sampled if m.get("num_samples"))
+        _line(ax, steps, [m.get("pass_at_k") for m in sampled], label=f"pass@{k}", color="#00838f", ls=":")
+        _line(ax, steps, [m.get("maj_at_k") for m in sampled], label=f"maj@{k}", color="#6d4c41", ls="-.")
     ax.set(xlabel="training step", ylabel="fraction of eval problems", ylim=(-0.02, 1.02),
-           title="Accuracy and format accuracy")
+           title="Accuracy and format accuracy (95% intervals)")
     ax.grid(alpha=0.3)
     _legend(ax)
     return _save(fig, Path(path))
@@ -183,6 +217,21 @@ def plot_training(history, path) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_breakdown(summaries, field: str, path) -> Path:
+    """Accuracy per subject (or level) over steps, with Wilson 95% error bars."""
+    names = sorted({n for s in summaries for n in (s.get(f"by_{field}") or {})})
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    steps = _steps(summaries)
+    for i, name in enumerate(names):
+        groups = [(s.get(f"by_{field}") or {}).get(name) or {} for s in summaries]
+        _interval_line(ax, steps, [g.get("accuracy") for g in groups], [g.get("accuracy_ci95") for g in groups],
+                       dodge=i - (len(names) - 1) / 2, label=name, alpha=0.85)
+    ax.set(xlabel="training step", ylabel="accuracy", ylim=(-0.02, 1.02), title=f"Accuracy by {field} (95% intervals)")
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize="x-small", ncol=2)
+    return _save(fig, Path(path))
+
+
 RUN_PLOTS = {
     "accuracy.png": plot_accuracy,
     "categories.png": plot_categories,
@@ -195,6 +244,9 @@ def plot_run(run_dir, out_dir) -> list[Path]:
     """Every plot this run's files allow, written into out_dir; [] when nothing has been evaluated yet."""
     summaries = load_summaries(run_dir)
     paths = [fn(summaries, Path(out_dir) / name) for name, fn in RUN_PLOTS.items()] if summaries else []
+    for field in ("subject", "level"):
+        if any(s.get(f"by_{field}") for s in summaries):
+            paths.append(plot_breakdown(summaries, field, Path(out_dir) / f"by_{field}.png"))
     history = load_train_history(run_dir)
     if history:
         paths.append(plot_training(history, Path(out_dir) / "training.png"))
@@ -207,8 +259,9 @@ def plot_run(run_dir, out_dir) -> list[Path]:
 def plot_accuracy_comparison(runs: list[tuple[str, list[dict]]], path) -> Path:
     """Validation accuracy of several runs (label, summaries) on one plot."""
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    for label, summaries in runs:
-        _line(ax, _steps(summaries), _metric(summaries, "accuracy"), label=label)
+    for i, (label, summaries) in enumerate(runs):
+        _interval_line(ax, _steps(summaries), _metric(summaries, "accuracy"), _intervals(summaries, "accuracy"),
+                       dodge=i - (len(runs) - 1) / 2, label=label)
     ax.set(xlabel="training step", ylabel="accuracy", ylim=(-0.02, 1.02), title="Validation accuracy by run")
     ax.grid(alpha=0.3)
     _legend(ax, fontsize="small")

@@ -105,7 +105,7 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     problems = EvalProblems.from_dataset(ds, data_args.eval_data)
     sampling = SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
                                 max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                seed=eval_args.eval_seed)
+                                seed=eval_args.eval_seed, num_samples=eval_args.eval_num_samples)
     grader = GradingPool(timeout=eval_args.eval_grading_timeout) if trainer.is_world_process_zero() else None
     closers = [grader] if grader is not None else []
     if eval_args.eval_backend == "vllm":  # eval_mode: blocking (single process: it is for debugging)

@@ -88,3 +88,13 @@ def test_the_command_ends_bad_input_with_its_message_not_a_traceback(tmp_path):
         "error: model_config 'recipes/models/tiny_qwen2.json' does not exist "
         f"(relative paths are read from the current directory, {tmp_path})")
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_graders_and_samples_are_checked_at_parse_time(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "output_dir: o\neval_reward_fn: r1_zero_lenient\neval_num_samples: 4\n")
+    _, _, ev, _ = parse_recipe([recipe])
+    assert (ev.eval_reward_fn, ev.eval_num_samples, ev.eval_temperature) == ("r1_zero_lenient", 4, 1.0)
+    with pytest.raises(RecipeError, match="eval_num_samples 4 needs eval_temperature > 0"):
+        parse_recipe([recipe, "--eval_temperature", "0"])
+    with pytest.raises(RecipeError, match="eval_reward_fn must be one of r1_zero, r1_zero_lenient, question_only"):
+        parse_recipe([recipe, "--eval_reward_fn", "r1_zero_strict"])

@@ -139,3 +139,12 @@ def test_answer_only_data_cannot_be_trained_on(tmp_path, bpe_tokenizer):
     path = write_jsonl(tmp_path / "val.jsonl", [{"problem": "p", "answer": "2"}])
     with pytest.raises(DataFormatError, match="no solution or response to train on"):
         prepare_train_dataset(data_args(path), bpe_tokenizer)
+
+
+def test_eval_problems_keep_math_subject_and_level(tmp_path):
+    path = write_jsonl(tmp_path / "val.jsonl", [
+        {"problem": "What is $1+1$?", "answer": "2", "subject": "Prealgebra", "level": "Level 1", "unique_id": "a"},
+        {"problem": "Half?", "answer": "\\frac{1}{2}", "subject": "Algebra", "level": "Level 3", "unique_id": "b"}])
+    ds = load_eval_problems(str(path), "test", "r1_zero")
+    assert ds["subject"] == ["Prealgebra", "Algebra"] and ds["level"] == ["Level 1", "Level 3"]
+    assert "unique_id" not in ds.column_names

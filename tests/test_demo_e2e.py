@@ -63,7 +63,15 @@ def test_demo_accuracy_goes_from_baseline_to_90_percent(demo_run):
     assert len(logs) == len(evals)
     record = json.loads(logs[0].read_text().splitlines()[0])
     assert {"prompt", "problem", "response", "ground_truth", "rewards", "metrics", "category",
-            "finish_reason"} <= set(record)
+            "finish_reason", "grader_disagreement", "subject", "level"} <= set(record)
+    # The issue-12 fields: intervals, the other grader's verdict, breakdowns by subject and level.
+    final = evals[-1]
+    low, high = final["confidence_intervals"]["accuracy"]
+    assert low <= last["accuracy"] <= high and high - low < 0.15  # 200 problems
+    assert final["grading"]["reward_fn"] == "r1_zero" and final["grader_disagreements"]["compared"] == 200
+    assert set(final["by_subject"]) == {"Carry", "No carry"} and set(final["by_level"]) == {"Level 1", "Level 2"}
+    assert sum(g["count"] for g in final["by_subject"].values()) == 200
+    assert (out / "report" / "by_subject.png").exists()
 
 
 def test_eval_command_reproduces_the_in_training_figure(demo_run, tmp_path):

@@ -102,3 +102,19 @@ def test_noisy_traces_are_seeded_and_corrupt_only_the_answer(tmp_path):
     assert all(r["prompt"].startswith(f"User: {r['ground_truth']}?") for r in rows)
     with pytest.raises(ValueError):
         make_noisy(str(src), tmp_path / "c.jsonl", wrong=0.8, format_fail=0.3)
+
+
+def test_filter_default_follows_the_evaluation_format_and_lenient_keeps_more(tmp_path, capsys):
+    """r1_zero (the default) drops a correct answer written after "</think>\\n<answer>", as the evaluation
+    would count it; r1_zero_lenient keeps it."""
+    traces = [trace("a?", " 3 + 4 = 7. </think> <answer> 7 </answer>", "7"),
+              trace("b?", " 3 + 4 = 7.\n</think>\n<answer>7</answer>", "7")]
+    write_jsonl(tmp_path / "in.jsonl", traces)
+    assert filter_main([str(tmp_path / "in.jsonl"), str(tmp_path / "strict.jsonl"), "--num_workers", "1"]) == 0
+    assert filter_main([str(tmp_path / "in.jsonl"), str(tmp_path / "lenient.jsonl"), "--num_workers", "1",
+                        "--reward_fn", "r1_zero_lenient"]) == 0
+    assert len((tmp_path / "strict.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "lenient.jsonl").read_text().splitlines()) == 2
+    stats = json.loads(stats_path(tmp_path / "strict.jsonl").read_text())
+    assert stats["format_failure_types"]["think_answer_separator"]["count"] == 1
+    capsys.readouterr()

@@ -21,7 +21,7 @@ from hf_sft.grader import (
     last_boxed,
     normalize_answer,
     question_only_reward_fn,
-    r1_zero_reward_fn,
+    r1_zero_lenient_reward_fn,
 )
 
 
@@ -125,7 +125,7 @@ TABLE = [
 
 @pytest.mark.parametrize("response,ground_truth,expected", TABLE)
 def test_r1_zero_table(response, ground_truth, expected):
-    rewards = r1_zero_reward_fn(response, ground_truth)
+    rewards = r1_zero_lenient_reward_fn(response, ground_truth)
     assert (rewards["format_reward"], rewards["answer_reward"], rewards["reward"]) == expected
 
 
@@ -134,7 +134,7 @@ def test_table_is_large_enough():
 
 
 def test_pool_agrees_with_in_process_grading(pool):
-    results = pool.grade([t[0] for t in TABLE], [t[1] for t in TABLE])
+    results = pool.grade([t[0] for t in TABLE], [t[1] for t in TABLE], reward_fn="r1_zero_lenient")
     got = [(r.format_reward, r.answer_reward, r.reward) for r in results]
     assert got == [t[2] for t in TABLE]
     assert not any(r.timed_out or r.error for r in results)
@@ -143,7 +143,7 @@ def test_pool_agrees_with_in_process_grading(pool):
 def test_fast_path_and_cas_agree_on_the_table():
     """The fast path may only shortcut what the CAS would decide the same way."""
     for response, ground_truth, expected in TABLE:
-        rewards = r1_zero_reward_fn(response, ground_truth, fast_path=False)
+        rewards = r1_zero_lenient_reward_fn(response, ground_truth, fast_path=False)
         assert rewards["reward"] == expected[2], (response, ground_truth)
 
 
@@ -291,7 +291,7 @@ def test_hostile_answers_in_process(tmp_path):
     canary = tmp_path / "CANARY"
     for answer in hostile_answers(canary):
         start = time.perf_counter()
-        rewards = r1_zero_reward_fn(r1(answer), "72")
+        rewards = r1_zero_lenient_reward_fn(r1(answer), "72")
         assert time.perf_counter() - start < 12, answer[:50]
         assert rewards["reward"] == 0.0, answer[:50]
     assert not canary.exists()
@@ -302,7 +302,7 @@ def test_hostile_answers_through_pool(tmp_path):
     answers = hostile_answers(canary)
     with GradingPool(timeout=3.0) as pool:
         start = time.perf_counter()
-        results = pool.grade([r1(a) for a in answers], ["72"] * len(answers))
+        results = pool.grade([r1(a) for a in answers], ["72"] * len(answers), reward_fn="r1_zero_lenient")
         elapsed = time.perf_counter() - start
     assert all(r.reward == 0.0 and r.format_reward == 1.0 for r in results)
     assert elapsed < 3.0 * len(answers) / 2 + 10
@@ -320,8 +320,8 @@ def test_infinity_never_equals_a_finite_truth():
 
 def test_oversized_answer_is_refused_quickly():
     start = time.perf_counter()
-    assert r1_zero_reward_fn(r1("1" * (MAX_ANSWER_CHARS + 1)), "1" * (MAX_ANSWER_CHARS + 1))["reward"] == 0.0
-    assert r1_zero_reward_fn(r1("x" * 100_000), "72")["reward"] == 0.0
+    assert r1_zero_lenient_reward_fn(r1("1" * (MAX_ANSWER_CHARS + 1)), "1" * (MAX_ANSWER_CHARS + 1))["reward"] == 0.0
+    assert r1_zero_lenient_reward_fn(r1("x" * 100_000), "72")["reward"] == 0.0
     assert time.perf_counter() - start < 0.5
 
 
@@ -341,7 +341,7 @@ def test_slow_item_times_out_and_later_items_grade(pool):
     truths = [str(i) for i in range(40)]
     truths[5] = "__sleep__:60"
     start = time.perf_counter()
-    results = pool.grade(responses, truths)
+    results = pool.grade(responses, truths, reward_fn="r1_zero_lenient")
     assert time.perf_counter() - start < pool.timeout + 5
     assert results[5].timed_out and results[5].reward == 0.0 and results[5].error is None
     assert results[5].format_reward == 1.0  # the format is judged without the CAS

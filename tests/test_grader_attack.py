@@ -139,7 +139,8 @@ def test_grader_under_attack(tmp_path, capsys):
     def attack():
         with GradingPool(timeout=3.0) as pool:
             start = time.perf_counter()
-            out["results"] = pool.grade(responses, [GROUND_TRUTH] * len(responses))
+            out["results"] = pool.grade(responses, [GROUND_TRUTH] * len(responses), reward_fn="r1_zero_lenient",
+                                        compare=True)  # alternate_reward: the reference-style r1_zero
             out["seconds"] = time.perf_counter() - start
             out["restarts"] = pool.restarts
 
@@ -164,3 +165,16 @@ def test_grader_under_attack(tmp_path, capsys):
     assert all(r.reward == 0.0 and r.answer_reward == 0.0 for r in results), [
         answers[i][:80] for i, r in enumerate(results) if r.reward]
     assert all(r.format_reward == 1.0 for r in results)
+    # The reference grader reads answers with Python's float(), which takes any script's decimal digits and
+    # "7_2": those (bare or wrapped) equal 72 there, as in the published grader. Nothing else may score.
+    allowed = {w(a) for a in lookalike_digits() if _python_float(a) == 72.0 for w in WRAPPERS}
+    scored = {a for a, r in zip(answers, results) if r.alternate_reward}
+    assert scored and scored <= allowed, [a[:80] for a in scored - allowed]
+    assert sum(r.alternate_reward is None for r in results) == timed_out + errors
+
+
+def _python_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

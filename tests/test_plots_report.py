@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_sft.eval_stats import breakdown, wilson_interval
 from hf_sft.report import build_comparison, build_run_report, main as report_main, run_ref
 from hf_sft.results import eval_logs_dir, write_eval_results
 
@@ -32,7 +33,8 @@ def record(i: int, category: str, failure: str | None = None, response: str | No
                     "answer_reward": float(category == "correct"), "total_reward": float(category == "correct")},
         "metrics": {"token_entropy": 1.5, "response_length": 20 + i},
         "category": category, "failure_type": failure, "finish_reason": "stop",
-        "grading": {"timed_out": False, "error": None},
+        "grading": {"timed_out": False, "error": None}, "subject": ("Algebra", "Number Theory")[i % 2],
+        "level": f"Level {1 + i % 3}", "grader_disagreement": category == "wrong_answer",
     }
 
 
@@ -50,7 +52,11 @@ def summary(step: int, records: list[dict]) -> dict:
         "format_failure_analysis": {k: {"count": sum(r["failure_type"] == k for r in records),
                                         "percentage": 100.0 * sum(r["failure_type"] == k for r in records) / n}
                                     for k in kinds},
-        "grading": {"timed_out": 0, "errors": 0},
+        "grading": {"reward_fn": "r1_zero", "timed_out": 0, "errors": 0},
+        "confidence_intervals": {"method": "wilson", "level": 0.95,
+                                 "accuracy": wilson_interval(cats["correct"], n),
+                                 "format_accuracy": wilson_interval(n - cats["format_failure"], n)},
+        "by_subject": breakdown(records, "subject"), "by_level": breakdown(records, "level"),
         "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 80}, "model": "tiny", "dataset": "test",
         "backend": "hf", "wall_time_s": 1.0, "finished_at": "2026-01-01T00:00:00",
     }
@@ -117,11 +123,18 @@ def test_run_report_writes_plots_table_and_a_self_contained_page(tmp_path, capsy
     for name in ("accuracy.png", "categories.png", "length_entropy.png", "format_failures.png", "training.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     printed = capsys.readouterr().out
-    assert "| step | accuracy | format accuracy | response length | entropy |" in printed
-    assert "| 20 | 0.750 | 1.000 | 23.000 | 1.000 |" in printed  # the torn step-30 summary is skipped
-    assert (out / "summary.md").read_text().count("\n| ") == 4  # header + 3 steps
+    assert "| step | accuracy | 95% CI | format accuracy | format 95% CI | response length | entropy |" in printed
+    # the torn step-30 summary is skipped; 3 of 4 correct: Wilson [0.301, 0.954]
+    assert "| 20 | 0.750 | [0.301, 0.954] | 1.000 | [0.510, 1.000] | 23.000 | 1.000 |" in printed
+    assert "Graded with `r1_zero`; intervals are Wilson 95%." in printed
+    summary_md = (out / "summary.md").read_text()
+    assert summary_md.split("## By subject")[0].count("\n| ") == 4  # header + 3 steps
+    assert "| Algebra | 2 | 2 | 1.000 | [0.342, 1.000] |" in summary_md  # step 20: indices 0 and 2
+    assert "## By level (step 20)" in summary_md
+    assert (out / "by_subject.png").exists() and (out / "by_level.png").exists()
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 5
+    assert page.count('src="data:image/png;base64,') == 7  # 5 + accuracy by subject and by level
+    assert "<h2>By subject</h2>" in page and "[0.301, 0.954]" in page
     assert "http://" not in page and "https://" not in page  # no CDN, no network
     assert "<script>document.title" not in page and "onerror=\"document" not in page
     assert html.escape(HOSTILE) in page
@@ -156,6 +169,7 @@ def test_comparison_of_runs_from_recipes_and_directories(tmp_path, capsys):
     assert "| full | 7 | 20 | 0.500 | 0.500 | 10 | 0.750 |" in text  # a tie goes to the earlier step
     assert "| filtered | 5 | 20 | 0.750 | 0.750 | 20 | 1.000 |" in text
     assert "Final accuracy, filtered minus full: +0.250" in text
+    assert "## Final accuracy by subject" in text and "| run | Algebra | Number Theory |" in text
     for name in ("accuracy_curves.png", "final_best.png", "comparison.json"):
         assert (tmp_path / "cmp" / name).exists()
     assert run_ref(str(tmp_path / "full")).label == "full" and run_ref(str(tmp_path / "full")).size is None
@@ -196,6 +210,12 @@ def test_browser_lists_examples_and_filters_by_category(tmp_path, category):
     assert len(visible) == expected
     assert {e["data-category"] for e in visible} == {category}
     assert all(e["hidden"] for e in parsed.examples if e["data-category"] != category)
+    if category == "wrong_answer":  # once: only where the graders disagree (a wrong answer per step); a subject
+        dom = chromium(["--dump-dom", f"{url}#step=all&graders=disagree"], tmp_path / "profile")
+        visible = [e for e in parse(dom.stdout).examples if not e["hidden"]]
+        assert len(visible) == 3 and {e["data-disagree"] for e in visible} == {"1"}
+        dom = chromium(["--dump-dom", f"{url}#step=all&subject=Algebra"], tmp_path / "profile")
+        assert {e["data-subject"] for e in parse(dom.stdout).examples if not e["hidden"]} == {"Algebra"}
     # The hostile response is text, and its script never ran.
     assert parsed.title == "hf-sft run run" and "pwned" not in parsed.title
 

@@ -125,6 +125,9 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     assert train_rows and all("eval_step" not in r for r in train_rows)
     assert [r["train_step"] for r in train_rows] == sorted(r["train_step"] for r in train_rows)
     assert not any(k.startswith("train/eval") or k == "eval/step" for r in rows for k in r)
+    # The demo's eval problems carry subject / level: each eval logs them under eval/subject/<name>/...
+    assert all(any(k.startswith("eval/subject/") and k.endswith("/accuracy") for k in r) for r in eval_rows)
+    assert all("eval/accuracy_ci_high" in r and "eval/grader_disagreements" in r for r in eval_rows)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -134,3 +137,4 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     tags = acc.Tags()["scalars"]
     assert "train/loss" in tags and "eval/accuracy" in tags and "train/eval/accuracy" not in tags
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 2, 4]
+    assert any(t.startswith("eval/level/level_") for t in tags)

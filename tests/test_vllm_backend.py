@@ -179,6 +179,27 @@ def test_sampling_is_reproducible_and_independent_of_batching(engine, demo_asset
 
 
 @needs_vllm
+def test_k_samples_per_problem_through_the_engine(engine, demo_assets, tmp_path):
+    """eval_num_samples k: k copies of each prompt, each its own seed, so k distinct draws; pass@k and maj@k."""
+    from hf_sft.evaluation import EvalProblems, run_evaluation
+    from hf_sft.grader import GradingPool
+
+    _, rows = demo_assets
+    prompts = prompts_from(rows)[:3]
+    problems = EvalProblems(prompts, PROMPT_SUFFIXES[:3], ["46", "109", "105"], "test",
+                            subjects=["Arithmetic"] * 3, levels=["Level 1", "Level 2", "Level 2"])
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=12, stop=["</answer>"], seed=3, num_samples=4)
+    with GradingPool(num_workers=1) as pool:
+        summary = run_evaluation(engine, problems, settings, pool, eval_step=0, output_dir=tmp_path, model_name="t")
+    [log] = (tmp_path / "results" / "eval_logs").glob("eval_step_0_*.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 12 and summary["sampling_metrics"]["num_samples"] == 4
+    assert all(len({r["response"] for r in records if r["problem_index"] == p}) > 1 for p in range(3))
+    assert summary["by_level"]["Level 2"]["problems"] == 2
+    assert 0.0 <= summary["sampling_metrics"]["maj_at_k"] <= summary["sampling_metrics"]["pass_at_k"] <= 1.0
+
+
+@needs_vllm
 def test_push_time_is_small_for_the_tiny_model(engine, demo_assets):
     tokenizer, _ = demo_assets
     state = state_dict_for_push(build_model(tokenizer, seed=2))
