@@ -1,4 +1,4 @@
-"""Keep the GSM8K traces whose answer is derived by checked arithmetic: ``python -m hf_sft.gsm8k_filter IN.jsonl OUT.jsonl``.
+"""Keep GSM8K traces whose answer checked arithmetic derives: ``python -m hf_sft.gsm8k_filter IN.jsonl OUT.jsonl``.
 
 Why not ``hf_sft.filter``: a GSM8K trace's final answer *is* its ground truth, so grading it against
 itself keeps everything. What can be wrong in a GSM8K trace is its arithmetic, and what can be missing

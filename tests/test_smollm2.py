@@ -34,7 +34,8 @@ PROBLEMS = [
     ("A train travels 60 miles per hour for 2.5 hours. How many miles does it travel?", "150"),
 ]
 TRACES = [  # GSM8K records: reasoning with calculator annotations, then "#### N"
-    {"question": PROBLEMS[0][0], "answer": "3 boxes hold 3*12 = <<3*12=36>>36 pencils.\n36-10 = <<36-10=26>>26.\n#### 26"},
+    {"question": PROBLEMS[0][0],
+     "answer": "3 boxes hold 3*12 = <<3*12=36>>36 pencils.\n36-10 = <<36-10=26>>26.\n#### 26"},
     {"question": PROBLEMS[1][0], "answer": "He fills 45/5 = <<45/5=9>>9 bags.\n9*3 = <<9*3=27>>27.\n#### 27"},
     {"question": PROBLEMS[2][0], "answer": "14*6 = <<14*6=84>>84 pages, then 84+20 = <<84+20=104>>104.\n#### 104"},
     {"question": PROBLEMS[3][0], "answer": "60*2.5 = <<60*2.5=150>>150 miles.\n#### 150"},
