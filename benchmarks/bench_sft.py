@@ -572,7 +572,7 @@ def main(argv=None) -> int:
             real_per_resp = real / sum(counts[:n_steps])
             print(f"\nmodel FLOPs per processed token {fpt / 1e9:.2f} G (6N + attention at mean length "
                   f"{avg_len:.0f}); per trained (response) token {fpt * real_per_resp / 1e9:.2f} G; peak "
-                  f"{peak / 1e12:.0f} TFLOP/s")
+                  f"{peak / 1e9:.0f} GFLOP/s")
             for n in names:
                 mfu = med[n] * real_per_resp * fpt / peak
                 print(f"  {'share of measured GEMM rate' if args.measure_gemm else 'MFU'} {n:30s} {100 * mfu:5.1f}%")
