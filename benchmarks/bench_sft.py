@@ -8,6 +8,10 @@ step), AdamW (fused), clipping at 1.0, microbatch 8, no gradient accumulation.
     .venv/bin/python benchmarks/bench_sft.py                   # throughput + ablations + memory (a few minutes)
     .venv/bin/python benchmarks/bench_sft.py --vocab 151936    # the memory case, Qwen's vocabulary
     .venv/bin/python benchmarks/bench_sft.py --config qwen2.5-math-1.5b --device cuda --dtype bf16   # GPU, MFU
+    # A real pretrained model (python -m hf_sft.import_gguf outputs/models/smollm2-135m-instruct) on GSM8K
+    # traces, with the share of this machine's measured fp32 GEMM rate the training step reaches:
+    .venv/bin/python benchmarks/bench_sft.py --model-dir outputs/models/smollm2-135m-instruct \
+        --data ../shared/data/gsm8k/train.jsonl --num-examples 64 --no-ablations --no-memory --measure-gemm
 
 Throughput is response tokens trained per second over whole optimizer steps (data loading,
 forward, backward, clipping, optimizer, the trainers' logging), median over rounds. The contenders
@@ -85,7 +89,8 @@ COMPILE_VARIANT = ("hf-sft +torch_compile", {"torch_compile": True})
 
 
 def build_data(args, workdir: Path):
-    """Tokenizer trained on the traces, and the project's tokenised dataset in a fixed shuffled order."""
+    """Tokenizer trained on the traces (or the checkpoint's own, with --model-dir), and the project's
+    tokenised dataset in a fixed shuffled order. GSM8K records are formatted with the r1_zero prompt."""
     from transformers import AutoTokenizer
 
     from hf_sft.builtin_assets import build_bpe_tokenizer
@@ -98,7 +103,7 @@ def build_data(args, workdir: Path):
     records = records[: args.num_examples]
     subset = workdir / "traces.jsonl"
     subset.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tok_dir = workdir / "tokenizer"
+    tok_dir = Path(args.model_dir) if args.model_dir else workdir / "tokenizer"
     if not tok_dir.exists():
         corpus = workdir / "corpus.txt"
         corpus.write_text("\n".join(r["prompt"] + r["response"] for r in records))
@@ -111,11 +116,16 @@ def build_data(args, workdir: Path):
 def build_model(args, vocab_size: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.model_dir:  # pretrained: every contender gets a fresh copy of the same weights
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, attn_implementation="sdpa").to(
+            args.device)
     shape = dict(MODEL_CONFIGS[args.config])
     shape["vocab_size"] = args.vocab or shape.get("vocab_size") or vocab_size
     config = Qwen2Config(tie_word_embeddings=True, attn_implementation="sdpa", **shape)
     torch.manual_seed(args.seed)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     return Qwen2ForCausalLM(config).to(device=args.device, dtype=dtype)
 
 
@@ -348,6 +358,8 @@ def measure_memory(args, names: list[str]) -> dict[str, dict]:
                "--seed", str(args.seed)]
         if args.vocab:
             cmd += ["--vocab", str(args.vocab)]
+        if args.model_dir:
+            cmd += ["--model-dir", str(args.model_dir)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -381,6 +393,30 @@ def flops_per_token(config, seq_len: float) -> float:
     params = L * per_layer + config.vocab_size * h
     attention = 3 * 2 * 2 * L * q * (seq_len / 2)
     return 6 * params + attention
+
+
+def measure_gemm_flops(device: str, dtype: torch.dtype, shapes, repeats: int = 10) -> dict[str, float]:
+    """FLOP/s of torch.mm on this machine (same threads as the training step), median of ``repeats``.
+
+    The reference for CPUs, which have no datasheet peak that a shared, throttled 2-core VM reaches:
+    the rate the BLAS itself sustains on matrices of the model's shapes.
+    """
+    rates = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times)
+    return rates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +461,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--contenders", default=None, help="comma-separated subset of contender names")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (cuda default 989)")
+    p.add_argument("--model-dir", default=None, help="a pretrained checkpoint (weights and tokenizer) instead of "
+                   "--config's random init, e.g. outputs/models/smollm2-135m-instruct")
+    p.add_argument("--measure-gemm", action="store_true", help="measure torch.mm's FLOP/s here (model shapes) and "
+                   "report the training step's model FLOP/s as a share of it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -474,8 +514,8 @@ def main(argv=None) -> int:
     cfg = sample_model.config
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
           f"device {args.device} ({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads), {args.dtype}")
-    print(f"model {args.config}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}, "
-          f"{sample_model.num_parameters() / 1e6:.1f}M parameters")
+    print(f"model {args.model_dir or args.config}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+          f"vocab {cfg.vocab_size}, {sample_model.num_parameters() / 1e6:.1f}M parameters")
     print(f"data: {len(dataset)} traces of {args.data.name}, tokenizer vocab {len(tokenizer)}; batch {args.batch_size}; "
           f"padding {1 - real / padded:.0%} of padded positions, response {sum(counts[:n_steps]) / real:.0%} of real "
           f"tokens (first {n_steps} steps)")
@@ -515,6 +555,16 @@ def main(argv=None) -> int:
                 print(f"  {n:34s} {table[n]:8.0f}   [{', '.join(f'{v:.0f}' for v in rounds[n])}]{extra}")
             if "hf-sft" in table and NAIVE_NO_ENTROPY in table:
                 print(f"  hf-sft / {NAIVE_NO_ENTROPY}: x{table['hf-sft'] / table[NAIVE_NO_ENTROPY]:.2f}")
+        if args.measure_gemm:
+            dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+            h, inter = cfg.hidden_size, cfg.intermediate_size
+            tokens = args.batch_size * 128
+            shapes = [(tokens, h, inter), (tokens, inter, h), (tokens, h, h), (2048, 2048, 2048)]
+            gemm = measure_gemm_flops(args.device, dtype, shapes)
+            print("\nmeasured torch.mm rate (median of 10): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s"
+                                                                        for k, v in gemm.items()))
+            results["gemm_flops"] = gemm
+            args.peak_tflops = max(gemm.values()) / 1e12
         if args.device == "cuda" or args.peak_tflops:
             peak = (args.peak_tflops * 1e12) if args.peak_tflops else PEAK_FLOPS["cuda"]
             avg_len = real / (n_steps * args.batch_size)
@@ -522,10 +572,10 @@ def main(argv=None) -> int:
             real_per_resp = real / sum(counts[:n_steps])
             print(f"\nmodel FLOPs per processed token {fpt / 1e9:.2f} G (6N + attention at mean length "
                   f"{avg_len:.0f}); per trained (response) token {fpt * real_per_resp / 1e9:.2f} G; peak "
-                  f"{peak / 1e12:.0f} TFLOP/s")
+                  f"{peak / 1e9:.0f} GFLOP/s")
             for n in names:
                 mfu = med[n] * real_per_resp * fpt / peak
-                print(f"  MFU {n:30s} {100 * mfu:5.1f}%")
+                print(f"  {'share of measured GEMM rate' if args.measure_gemm else 'MFU'} {n:30s} {100 * mfu:5.1f}%")
             results["flops_per_token"] = fpt
         del models
 
