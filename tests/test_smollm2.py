@@ -22,7 +22,8 @@ from hf_sft.core import tokenize_prompt_and_output  # noqa: E402
 from hf_sft.import_gguf import INSTALL_HINT, MARKER, import_smollm2, is_complete  # noqa: E402
 from tests.conftest import REPO_ROOT  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# One worker runs the module: its tests share one import of the model and one engine start.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 # GSM8K-style problems written for these tests (nothing is read from ../shared).
