@@ -173,7 +173,7 @@ def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(eng
             sampling = SamplingSettings(temperature=temperature, max_new_tokens=96, stop=["</answer>"], seed=0)
             summary = run_evaluation(engine, problems, sampling, grader, eval_step=step, output_dir=tmp_path,
                                      model_name="smollm2")
-            assert summary["grading"] == {"timed_out": 0, "errors": 0}
+            assert summary["grading"] == {"timed_out": 0, "errors": 0, "reward_fn": "r1_zero"}
             assert sum(c["count"] for c in summary["categorization"].values()) == len(PROBLEMS)
     records = [json.loads(line) for path in sorted((tmp_path / "results" / "eval_logs").glob("eval_step_*.jsonl"))
                for line in path.read_text().splitlines()]
