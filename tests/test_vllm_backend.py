@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from hf_sft.generation import HFGenerationBackend, SamplingSettings  # noqa: E402
 from hf_sft.vllm_backend import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
+from tests.conftest import vllm_engine_on_dummy_weights  # noqa: E402
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 # One worker runs the module: its tests share one engine start.
@@ -85,20 +86,12 @@ def hf_greedy_ids(model, tokenizer, prompt: str, max_new_tokens: int) -> list[in
 @pytest.fixture(scope="module")
 def engine(demo_assets, tmp_path_factory):
     """A vLLM CPU engine on a saved tiny Qwen2 (config + tokenizer only: it starts on dummy weights)."""
-    if not HAVE_VLLM:
-        pytest.skip("vLLM not installed (run in the vLLM venv)")
-    from hf_sft.vllm_backend import EngineOptions, VLLMGenerationBackend
-
     tokenizer, _ = demo_assets
     model_dir = tmp_path_factory.mktemp("tiny_qwen2")
     tiny_qwen2_config(512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
-    options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=64 << 20, max_num_seqs=16,
-                            load_format="dummy")
-    backend = VLLMGenerationBackend(str(model_dir), device="cpu", options=options)
-    yield backend
-    backend.close()
+    yield from vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, kv_cache_memory_bytes=64 << 20,
+                                            max_num_seqs=16)
 
 
 PROMPT_SUFFIXES = ["What is 12 + 34?", "What is 99 + 10?", "What is 47 + 58?", "What is 10 + 10?",
