@@ -183,7 +183,11 @@ def plot_length_entropy(summaries, path) -> Path:
           color=CATEGORY_COLORS["format_failure"])
     ax1.set(xlabel="training step", ylabel="tokens", title="Response length")
     _legend(ax1, fontsize="small")
-    _line(ax2, steps, _metric(summaries, "avg_token_entropy"), color="#6a1b9a")
+    entropy = _metric(summaries, "avg_token_entropy")
+    _line(ax2, steps, entropy, color="#6a1b9a")
+    if all(v is None for v in entropy):  # the vLLM backend measures no entropy: say so instead of an empty frame
+        ax2.text(0.5, 0.5, "not measured by this eval backend\n(vLLM gives no full next-token distribution)",
+                 ha="center", va="center", transform=ax2.transAxes, color="#616161")
     ax2.set(xlabel="training step", ylabel="nats", title="Mean token entropy of responses")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
