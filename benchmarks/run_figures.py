@@ -2,7 +2,8 @@
 
 Reads only (results/eval_logs summaries, trainer_state.json). Accuracy and format accuracy get the same
 Wilson 95% intervals as the summaries (hf_sft.eval_stats). Generation tokens/s is the eval's response
-tokens over its wall time (generation plus grading); training tokens/s is response tokens trained over the Trainer's train_runtime.
+tokens over its wall time (generation plus grading); training tokens/s is response tokens trained over
+the Trainer's train_runtime.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from tests.conftest import REPO_ROOT, vllm_engine_on_dummy_weights  # noqa: E402
 
 # One worker runs the module: its tests share one import of the model and one engine start.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 # GSM8K-style problems written for these tests (nothing is read from ../shared).
 PROBLEMS = [
