@@ -12,8 +12,8 @@ import json
 import time
 from collections import Counter
 
-from hf_sft.grader import GradingPool, r1_zero_lenient_reward_fn
-from hf_sft.grader_reference import format_failure_type
+from hf_sft.grading.lenient import GradingPool, r1_zero_lenient_reward_fn
+from hf_sft.grading.reference import format_failure_type
 
 
 def main() -> None:

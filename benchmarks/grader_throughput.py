@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from hf_sft.grader import GradingPool, extract_ground_truth
+from hf_sft.grading.lenient import GradingPool, extract_ground_truth
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "validation.jsonl"
 
@@ -45,7 +45,7 @@ def unparsable(truths: list[str]) -> list[str]:
     can grade them, so a model that writes them any other way is marked wrong."""
     from sympy import Basic, MatrixBase
 
-    from hf_sft.grader import _cas_parse, normalize_answer
+    from hf_sft.grading.lenient import _cas_parse, normalize_answer
 
     answers = [extract_ground_truth(t) for t in truths]
     return [a for a in answers

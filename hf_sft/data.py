@@ -26,7 +26,7 @@ from datasets import Dataset
 
 from hf_sft import builtin_assets
 from hf_sft.core import encode_prompt_and_output
-from hf_sft.grader import last_boxed
+from hf_sft.grading.lenient import last_boxed
 from hf_sft.prompts import format_prompt, load_template
 
 logger = logging.getLogger(__name__)

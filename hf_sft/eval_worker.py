@@ -171,7 +171,7 @@ def worker_main(commands, results) -> None:
     grader = None
     try:
         from hf_sft.evaluation import run_evaluation
-        from hf_sft.grader import GradingPool
+        from hf_sft.grading.lenient import GradingPool
         from hf_sft.vllm_backend import VLLMGenerationBackend, select_device
 
         select_device(spec.device)  # before anything initialises CUDA

@@ -26,7 +26,7 @@ from hf_sft.config import EvalArguments, load_recipe_file
 from hf_sft.data import load_eval_problems
 from hf_sft.evaluation import EvalProblems, run_evaluation
 from hf_sft.generation import HFGenerationBackend, SamplingSettings
-from hf_sft.grader import GradingPool
+from hf_sft.grading.lenient import GradingPool
 from hf_sft.modeling import _DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")

@@ -13,7 +13,7 @@ from statistics import mean
 
 from hf_sft import eval_stats
 from hf_sft.generation import Generation, GenerationBackend, SamplingSettings
-from hf_sft.grader import ALTERNATE_REWARD_FN, GradingPool, voting_key
+from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, GradingPool, voting_key
 from hf_sft.results import write_eval_results
 
 logger = logging.getLogger(__name__)

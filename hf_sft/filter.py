@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from hf_sft.data import DataFormatError, check_jsonl
 from hf_sft.evaluation import CATEGORIES, categorize
-from hf_sft.grader import REWARD_FNS
+from hf_sft.grading.lenient import REWARD_FNS
 from hf_sft.results import atomic_write_text
 
 CHUNK = 64  # items per pool call: the progress bar moves, the pool stays busy
@@ -64,7 +64,7 @@ def _percent(n: int, total: int) -> dict:
 def filter_traces(input_path, output_path, reward_fn: str = "r1_zero", timeout: float = 10.0,
                   num_workers: int | None = None, progress: bool = True) -> dict:
     """Grade, write the correct traces to ``output_path``, save and return the statistics."""
-    from hf_sft.grading_pool import GradingPool
+    from hf_sft.grading.pool import GradingPool
 
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.resolve() == output_path.resolve():

@@ -11,7 +11,7 @@ import pytest
 from hf_sft.eval_stats import breakdown, disagreements, pass_at_k, sampling_stats, wilson_interval
 from hf_sft.evaluation import EvalProblems, run_evaluation, summary_to_metrics
 from hf_sft.generation import HFGenerationBackend, SamplingSettings
-from hf_sft.grader import GradingPool
+from hf_sft.grading.lenient import GradingPool
 from hf_sft.results import eval_logs_dir
 
 

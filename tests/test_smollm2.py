@@ -140,7 +140,7 @@ def engine(smollm2_dir, tmp_path_factory):
 def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(engine, model, tokenizer, tmp_path):
     from hf_sft.evaluation import CATEGORIES, EvalProblems, run_evaluation
     from hf_sft.generation import SamplingSettings
-    from hf_sft.grader import GradingPool
+    from hf_sft.grading.lenient import GradingPool
     from hf_sft.report import build_run_report
     from hf_sft.vllm_backend import state_dict_for_push
 

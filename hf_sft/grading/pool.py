@@ -27,16 +27,16 @@ import time
 from collections import deque
 from multiprocessing.connection import wait
 
-from hf_sft import grader
-from hf_sft.grader import ALTERNATE_REWARD_FN, REWARD_FNS, GradeResult, failure_type, grade_one
+from hf_sft.grading import lenient
+from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, REWARD_FNS, GradeResult, failure_type, grade_one
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
-PRELOAD = ["__main__", "hf_sft.grader", "hf_sft.grader_reference", "hf_sft.grader_reference_normalize",
-           "hf_sft.grading_pool", "math_verify", "pylatexenc.latex2text"]
+PRELOAD = ["__main__", "hf_sft.grading.lenient", "hf_sft.grading.reference", "hf_sft.grading.reference_normalize",
+           "hf_sft.grading.pool", "math_verify", "pylatexenc.latex2text"]
 
 
 # ---------------------------------------------------------------- worker side
@@ -96,11 +96,11 @@ def _grade_task(task: tuple, test_hooks: bool) -> tuple:
 
 def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    grader.MATH_VERIFY_TIMEOUT_S = None  # no alarms: an interrupted sympy can be left inconsistent
+    lenient.MATH_VERIFY_TIMEOUT_S = None  # no alarms: an interrupted sympy can be left inconsistent
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     _limit_memory(memory_limit_mb)
-    grader.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
-    grader.grader_reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
+    lenient.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
+    lenient.reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
     conn.send(("ready", os.getpid()))
     while True:
         try:

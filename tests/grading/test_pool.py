@@ -10,7 +10,7 @@ import unicodedata
 
 import pytest
 
-from hf_sft.grader import GradingPool
+from hf_sft.grading.lenient import GradingPool
 
 GROUND_TRUTH = "72"
 OVERALL_BOUND_S = 540

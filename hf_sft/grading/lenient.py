@@ -1,6 +1,6 @@
 """Reward functions for math answers: strings in, 0/1 rewards out. The grader knows strings, not models.
 
-``r1_zero`` (the default) is the published r1_zero grader's decisions, in ``hf_sft.grader_reference``;
+``r1_zero`` (the default) is the published r1_zero grader's decisions, in ``hf_sft.grading.reference``;
 this module holds the lenient graders (``r1_zero_lenient``, ``question_only``) and their math-verify path.
 
 Lenient pipeline for one item: extract the answer (r1_zero tags, or the last ``\\boxed{}`` / final number), normalise
@@ -23,7 +23,7 @@ Safety of model output (untrusted input)
   exponential in depth), and parsed expressions whose value would exceed ``MAX_DIGITS`` decimal digits
   (``9^{9^{9}}``, ``99999999999!``) are refused before sympy evaluates them; only an exact normalised-string
   match can make such answers correct.
-* Deadlines: ``GradingPool`` (hf_sft.grading_pool) grades in worker processes with a per-item deadline and
+* Deadlines: ``GradingPool`` (hf_sft.grading.pool) grades in worker processes with a per-item deadline and
   kills hung workers. ``grade_one`` runs in-process with math-verify's own ``signal.alarm`` timeouts on the
   main thread and none off it. Do not use it for untrusted input: off the main thread nothing bounds it, and
   on it an alarm that interrupts sympy/mpmath can leave their caches inconsistent for later items.
@@ -38,8 +38,8 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
-from hf_sft import grader_reference
-from hf_sft.grader_reference import r1_zero_reward_fn
+from hf_sft.grading import reference
+from hf_sft.grading.reference import r1_zero_reward_fn
 
 MAX_ANSWER_CHARS = 2048
 MAX_DIGITS = 20_000
@@ -410,7 +410,7 @@ def question_only_reward_fn(response: str, ground_truth: str, *, fast_path: bool
     return _rewards(True, answers_equal(answer, extract_ground_truth(ground_truth), fast_path))
 
 
-# r1_zero: the published grader's decisions (hf_sft.grader_reference); r1_zero_lenient: ours, more forgiving.
+# r1_zero: the published grader's decisions (hf_sft.grading.reference); r1_zero_lenient: ours, more forgiving.
 REWARD_FNS = {"r1_zero": r1_zero_reward_fn, "r1_zero_lenient": r1_zero_lenient_reward_fn,
               "question_only": question_only_reward_fn}
 # The other r1_zero grader, graded beside the chosen one so a summary can say where they disagree.
@@ -420,7 +420,7 @@ ALTERNATE_REWARD_FN = {"r1_zero": "r1_zero_lenient", "r1_zero_lenient": "r1_zero
 def failure_type(response: str, reward_fn: str, finish_reason: str | None = None) -> str | None:
     """Why a response has no gradable answer under ``reward_fn`` (None when it has one)."""
     if reward_fn == "r1_zero":
-        return grader_reference.format_failure_type(response, finish_reason)
+        return reference.format_failure_type(response, finish_reason)
     if reward_fn == "r1_zero_lenient":
         return format_failure_type(response, finish_reason)
     if extract_question_only_answer(response) is not None:
@@ -435,7 +435,7 @@ def voting_key(response: str, reward_fn: str) -> str | None:
     """The normalised answer a response gives under ``reward_fn``, for maj@k; None when it gives none
     (or one over ``VOTE_MAX_CHARS``, which no real answer is)."""
     if reward_fn == "r1_zero":
-        return grader_reference.normalized_answer(response or "", max_chars=VOTE_MAX_CHARS)
+        return reference.normalized_answer(response or "", max_chars=VOTE_MAX_CHARS)
     answer = extract_answer(response or "") if reward_fn == "r1_zero_lenient" else extract_question_only_answer(
         response or "")
     if answer is None or len(answer) > VOTE_MAX_CHARS:
@@ -457,9 +457,9 @@ def grade_one(response: str, ground_truth: str, reward_fn: str = "r1_zero", fini
 
 
 def __getattr__(name: str):
-    """``from hf_sft.grader import GradingPool`` without importing multiprocessing machinery eagerly."""
+    """``from hf_sft.grading.lenient import GradingPool`` without importing multiprocessing machinery eagerly."""
     if name == "GradingPool":
-        from hf_sft.grading_pool import GradingPool
+        from hf_sft.grading.pool import GradingPool
 
         return GradingPool
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

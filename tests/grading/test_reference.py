@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from hf_sft.grader import GradingPool, grade_one, r1_zero_lenient_reward_fn
-from hf_sft.grader_reference import format_failure_type, normalized_answer, r1_zero_reward_fn
-from hf_sft.grader_reference_normalize import mathd_normalize
-from hf_sft.safe_expr import ParseError, parse
+from hf_sft.grading.lenient import GradingPool, grade_one, r1_zero_lenient_reward_fn
+from hf_sft.grading.reference import format_failure_type, normalized_answer, r1_zero_reward_fn
+from hf_sft.grading.reference_normalize import mathd_normalize
+from hf_sft.grading.safe_expr import ParseError, parse
 
 FORMAT_CASES = [
     # (response, format_reward, answer_reward) for ground truth "72"

@@ -3,7 +3,7 @@
 CS336 and the DrGRPO paper report Qwen2.5-Math-1.5B numbers with ``r1_zero_reward_fn`` of
 stanford-cs336/assignment5-alignment (``cs336_alignment/drgrpo_grader.py``, itself from
 sail-sg/understand-r1-zero), called with its default ``fast=True``. This module is our own code for the
-same decisions, read from that grader as facts (the normalisations are in ``grader_reference_normalize``):
+same decisions, read from that grader as facts (the normalisations are in ``reference_normalize``):
 
 * format: the response must contain the literal ``"</think> <answer>"`` (one space) and ``"</answer>"``
   somewhere; nothing else is checked.
@@ -23,12 +23,12 @@ multiplication), refuses anything else (the reference would often refuse it too:
 ``should_allow_eval`` says no), and ``simplify`` runs under the grading pool's deadline. Known differences:
 two-letter sympy names other than ``pi``/``ln``/``oo`` (``re``, ``im``, ``li``, ``ff``, ``rf``, ``nan``, ``zoo``)
 read as products of symbols here; Python-only syntax (``lambda``, attribute access, ``%``...) is refused
-here where ``parse_expr`` might accept it. ``tests/test_grader_reference.py`` lists the decisions checked.
+here where ``parse_expr`` might accept it. ``tests/grading/test_reference.py`` lists the decisions checked.
 """
 
 from __future__ import annotations
 
-from hf_sft.grader_reference_normalize import mathd_normalize, prm_equal
+from hf_sft.grading.reference_normalize import mathd_normalize, prm_equal
 
 THINK_ANSWER = "</think> <answer>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -1,4 +1,4 @@
-"""The two normalisations of the published r1_zero grader, as decisions on strings (see ``grader_reference``).
+"""The two normalisations of the published r1_zero grader, as decisions on strings (see ``reference``).
 
 (a) Hendrycks MATH (``mathd_normalize``): string rewriting, then the reference compares for equality.
 (b) PRM800K (``prm_normalize`` + ``prm_equal``): rewriting (LaTeX read to text by pylatexenc), tuples and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-from hf_sft.safe_expr import ParseError, parse as safe_parse
+from hf_sft.grading.safe_expr import ParseError, parse as safe_parse
 
 logging.getLogger("pylatexenc").setLevel(logging.ERROR)  # it warns on every malformed \frac it reads
 

@@ -2,7 +2,7 @@
 
 It stands in for ``sympy.parse_expr(s.replace("^", "**"), standard_transformations +
 implicit_multiplication_application)`` on the short, already-normalised answers of the reference grader
-(``grader_reference``): ASCII numbers (``Float`` for decimals, as ``parse_expr`` makes them), single letters as
+(``reference``): ASCII numbers (``Float`` for decimals, as ``parse_expr`` makes them), single letters as
 symbols (a run of letters that is not a known name splits into letters, as ``split_symbols`` does), ``pi``,
 ``oo``, ``sqrt``, ``ln``, ``+ - * / ^ **``, postfix ``!``, parentheses, and implicit multiplication at the
 level of ``*`` (``2x``, ``2(3)``, ``sqrt(2)sqrt(3)``). Anything else raises ``ParseError``. Powers and

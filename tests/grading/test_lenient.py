@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hf_sft.grader import (
+from hf_sft.grading.lenient import (
     MAX_ANSWER_CHARS,
     GradingPool,
     extract_answer,
@@ -311,8 +311,8 @@ def test_hostile_answers_through_pool(tmp_path):
 
 def test_infinity_never_equals_a_finite_truth():
     """sympy's ``simplify(72 - oo**oo)`` is 0 under some hash seeds (4 is one): a reward hack if let through."""
-    code = ("from hf_sft import grader; grader.MATH_VERIFY_TIMEOUT_S = None; "
-            "print(grader.answers_equal(r'\\infty^{\\infty}', '72'), grader.answers_equal(r'\\infty', r'\\infty'))")
+    code = ("from hf_sft.grading import lenient; lenient.MATH_VERIFY_TIMEOUT_S = None; "
+            "print(lenient.answers_equal(r'\\infty^{\\infty}', '72'), lenient.answers_equal(r'\\infty', r'\\infty'))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "4"},
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
