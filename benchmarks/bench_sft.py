@@ -93,9 +93,9 @@ def build_data(args, workdir: Path):
     tokenised dataset in a fixed shuffled order. GSM8K records are formatted with the r1_zero prompt."""
     from transformers import AutoTokenizer
 
-    from hf_sft.builtin_assets import build_bpe_tokenizer
+    from hf_sft.data.builtin import build_bpe_tokenizer
     from hf_sft.config import DataArguments
-    from hf_sft.data import prepare_train_dataset
+    from hf_sft.data.loading import prepare_train_dataset
 
     records = [json.loads(line) for line in args.data.open() if line.strip()]
     import random

@@ -497,7 +497,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
 
     Recipe keys: eval_device, eval_policy and the eval_vllm_* engine options (hf_sft/config.py).
     """
-    from hf_sft.data import load_eval_problems
+    from hf_sft.data.loading import load_eval_problems
     from hf_sft.evaluation import EvalProblems
     from hf_sft.generation import SamplingSettings
 

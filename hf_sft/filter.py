@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hf_sft.data import DataFormatError, check_jsonl
+from hf_sft.data.loading import DataFormatError, check_jsonl
 from hf_sft.evaluation import CATEGORIES, categorize
 from hf_sft.grading.lenient import REWARD_FNS
 from hf_sft.results import atomic_write_text

@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 
-from hf_sft.data import DataFormatError, check_jsonl
+from hf_sft.data.loading import DataFormatError, check_jsonl
 from hf_sft.results import atomic_write_text
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")

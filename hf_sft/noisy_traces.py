@@ -19,8 +19,8 @@ import re
 import sys
 from pathlib import Path
 
-from hf_sft import builtin_assets
-from hf_sft.data import DataFormatError, check_jsonl
+from hf_sft.data import builtin
+from hf_sft.data.loading import DataFormatError, check_jsonl
 from hf_sft.results import atomic_write_text
 
 _ANSWER = re.compile(r"<answer>\s*(-?[0-9]+)\s*</answer>\s*$")
@@ -44,7 +44,7 @@ def make_noisy(source: str, output, wrong: float = 0.2, format_fail: float = 0.1
     """Write the noisy copy of ``source`` (a path or builtin:NAME) and return what was changed."""
     if wrong < 0 or format_fail < 0 or wrong + format_fail > 1:
         raise ValueError("--wrong and --format are fractions whose sum is at most 1")
-    path = Path(builtin_assets.resolve(source))
+    path = Path(builtin.resolve(source))
     if check_jsonl(path) != "sft":
         raise DataFormatError(f"{path}: needs SFT traces {{prompt, response, ground_truth}}")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

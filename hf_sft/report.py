@@ -170,10 +170,10 @@ def count_train_examples(recipe: dict) -> int | None:
     source = recipe.get("train_data")
     if not source:
         return None
-    from hf_sft import builtin_assets
+    from hf_sft.data import builtin
 
     try:
-        path = Path(builtin_assets.resolve(source))
+        path = Path(builtin.resolve(source))
         with open(path, encoding="utf-8") as f:
             return sum(1 for line in f if line.strip())
     except (OSError, ValueError):

@@ -22,7 +22,7 @@ from transformers import set_seed
 
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
-from hf_sft.data import prepare_train_dataset
+from hf_sft.data.loading import prepare_train_dataset
 from hf_sft.devices import isolate_training_gpus
 from hf_sft.modeling import load_model, load_tokenizer
 from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
@@ -95,7 +95,7 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
                     callback.spec.device, training_args.eval_steps)
         return [callback]
     from hf_sft.callbacks import GenerationEvalCallback
-    from hf_sft.data import load_eval_problems
+    from hf_sft.data.loading import load_eval_problems
     from hf_sft.evaluation import EvalProblems
     from hf_sft.generation import HFGenerationBackend, SamplingSettings
     from hf_sft.grading.lenient import GradingPool
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
 def cli() -> None:
     """The command: bad recipes, data and model paths end with their message, not a traceback."""
-    from hf_sft.data import DataFormatError
+    from hf_sft.data.loading import DataFormatError
     from hf_sft.eval_worker import SnapshotMemoryError
     from hf_sft.modeling import ModelLoadError
 

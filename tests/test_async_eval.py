@@ -36,7 +36,7 @@ def make_trainer(tmp_path, *extra: str):
     """The demo recipe shrunk to seconds, built with train.py's own steps (the callback is added by the test)."""
     from hf_sft.config import parse_recipe
     from hf_sft.core import pad_token_id
-    from hf_sft.data import prepare_train_dataset
+    from hf_sft.data.loading import prepare_train_dataset
     from hf_sft.modeling import load_model, load_tokenizer
     from hf_sft.trainer import PadToLongestCollator, SFTTrainer
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hf_sft.data import DataFormatError
+from hf_sft.data.loading import DataFormatError
 from hf_sft.gsm8k_filter import Unverifiable, check_annotation, evaluate, filter_gsm8k, main, trace_verdict
 
 

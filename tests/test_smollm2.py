@@ -77,7 +77,7 @@ def model(smollm2_dir):
 
 
 def r1_zero(question: str) -> str:
-    from hf_sft.prompts import load_template
+    from hf_sft.data.prompts import load_template
 
     return load_template("r1_zero").format(question=question)
 

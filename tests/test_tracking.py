@@ -64,7 +64,7 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     from hf_sft.callbacks import GenerationEvalCallback
     from hf_sft.config import parse_recipe
     from hf_sft.core import pad_token_id
-    from hf_sft.data import prepare_train_dataset
+    from hf_sft.data.loading import prepare_train_dataset
     from hf_sft.modeling import load_model, load_tokenizer
     from hf_sft.tracking import TensorBoardAxesCallback, WandbAxesCallback, use_project_trackers
     from hf_sft.train import add_eval_callback

@@ -42,10 +42,10 @@ def tiny_qwen2_config(vocab_size: int):
 def demo_assets():
     from transformers import AutoTokenizer
 
-    from hf_sft import builtin_assets
+    from hf_sft.data import builtin
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin_assets.resolve("builtin:addition-bpe"))
-    with open(builtin_assets.resolve("builtin:addition/train")) as f:
+    tokenizer = AutoTokenizer.from_pretrained(builtin.resolve("builtin:addition-bpe"))
+    with open(builtin.resolve("builtin:addition/train")) as f:
         rows = [json.loads(line) for _, line in zip(range(64), f)]
     return tokenizer, rows
 

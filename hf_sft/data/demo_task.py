@@ -52,7 +52,7 @@ def write_task_files(
 ) -> None:
     """train.jsonl holds SFT traces {prompt, response, ground_truth} like the real MATH traces;
     test.jsonl holds problems {problem, answer, subject, level} for generation-based evaluation."""
-    from hf_sft.prompts import format_prompt
+    from hf_sft.data.prompts import format_prompt
 
     train_pairs, test_pairs = split_problems(seed, num_test)
     directory.mkdir(parents=True, exist_ok=True)

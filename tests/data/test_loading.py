@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hf_sft import data as data_mod
-from hf_sft.data import DataFormatError, check_jsonl, load_eval_problems, prepare_train_dataset, to_prompt_response
+from hf_sft.data import loading as data_mod
+from hf_sft.data.loading import DataFormatError, check_jsonl, load_eval_problems, prepare_train_dataset, to_prompt_response
 
 
 def write_jsonl(path, records):

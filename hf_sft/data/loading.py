@@ -24,10 +24,10 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
-from hf_sft import builtin_assets
+from hf_sft.data import builtin
 from hf_sft.core import encode_prompt_and_output
 from hf_sft.grading.lenient import last_boxed
-from hf_sft.prompts import format_prompt, load_template
+from hf_sft.data.prompts import format_prompt, load_template
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def check_jsonl(path: Path) -> str:
 
 def load_records(source: str, split: str = "train") -> tuple[Dataset, str]:
     """A raw dataset and its format; local files are checked line by line first."""
-    resolved = builtin_assets.resolve(source)
+    resolved = builtin.resolve(source)
     path = Path(resolved)
     if path.is_file():
         fmt = check_jsonl(path)

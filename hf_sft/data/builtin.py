@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hf_sft import demo_task
-from hf_sft.prompts import load_template
+from hf_sft.data import demo_task
+from hf_sft.data.prompts import load_template
 
 PREFIX = "builtin:"
 TOKENIZER_VERSION = "bpe-v1"
