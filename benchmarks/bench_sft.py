@@ -202,7 +202,7 @@ def trainer_callback(hooks: Hooks):
 def run_hf_sft(args, model, tokenizer, dataset, n_steps, hooks, overrides):
     from hf_sft.config import SFTConfig
     from hf_sft.core import pad_token_id
-    from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(max_steps=n_steps, **common_training_args(args, out), **overrides)
@@ -249,7 +249,7 @@ def run_naive(args, model, tokenizer, dataset, n_steps, hooks, overrides):
     """
     with_entropy = overrides.get("entropy", True)
     from hf_sft.core import get_response_log_probs, pad_token_id, sft_microbatch_train_step
-    from hf_sft.trainer import PadToLongestCollator
+    from hf_sft.training.trainer import PadToLongestCollator
 
     collate = PadToLongestCollator(pad_token_id(tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)

@@ -208,7 +208,7 @@ def check_training(table: Table, device, size: dict, cfg: dict, tokenizer, workd
     from bench_sft import flops_per_token
 
     from hf_sft.core import pad_token_id
-    from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     config = build_config(cfg)
     n_rows = size["batch"] * (size["warmup"] + size["steps"])
@@ -256,7 +256,7 @@ def check_training(table: Table, device, size: dict, cfg: dict, tokenizer, workd
 def check_masks(table: Table, device, size: dict, cfg: dict, tokenizer, workdir: Path):
     """The padding-free packed row (varlen SDPA) and the padded batch (eager masks): the same loss."""
     from hf_sft.core import pad_token_id
-    from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     rows = synthetic_examples(size["batch"], size, min(cfg["vocab_size"], len(tokenizer)), seed=1)
     batch = PadToLongestCollator(pad_token_id(tokenizer))(rows)
@@ -283,7 +283,7 @@ def check_masks(table: Table, device, size: dict, cfg: dict, tokenizer, workdir:
 
 
 def check_head(table: Table, device, size: dict, cfg: dict):
-    from hf_sft.losses import fused_linear_nll, plain_linear_nll
+    from hf_sft.training.losses import fused_linear_nll, plain_linear_nll
 
     n, h, v = size["head_tokens"], cfg["hidden_size"], cfg["vocab_size"]
     torch.manual_seed(0)

@@ -160,7 +160,7 @@ class SFTConfig(TrainingArguments):
     # over the autograd graph every step; a causal LM uses all its parameters in every forward.
     ddp_find_unused_parameters: bool | None = field(default=False)
     # Speed and memory recipe options (issue 6). Each is exact: per-example losses and gradients are
-    # those of the plain padded path (tests/test_losses.py). Measured in docs/benchmarks.md.
+    # those of the plain padded path (tests/training/test_losses.py). Measured in docs/benchmarks.md.
     padding_free: bool = field(
         default=True,
         metadata={"help": "Lay each microbatch's examples end to end in one row (position_ids restart per example, "
@@ -181,7 +181,7 @@ class SFTConfig(TrainingArguments):
     fused_lm_head: bool = field(
         default=True,
         metadata={"help": "LM head + NLL + entropy + accuracy in token chunks, gradients accumulated in the same "
-                  "pass, so the (tokens x vocab) logits never exist at once (hf_sft/losses.py)."},
+                  "pass, so the (tokens x vocab) logits never exist at once (hf_sft/training/losses.py)."},
     )
     lm_head_chunk_size: int = field(
         default=0,

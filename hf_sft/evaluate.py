@@ -27,7 +27,7 @@ from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation import EvalProblems, run_evaluation
 from hf_sft.generation import HFGenerationBackend, SamplingSettings
 from hf_sft.grading.lenient import GradingPool
-from hf_sft.modeling import _DTYPES, load_tokenizer
+from hf_sft.training.modeling import _DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")
 

@@ -23,12 +23,12 @@ from transformers import set_seed
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data.loading import prepare_train_dataset
-from hf_sft.devices import isolate_training_gpus
-from hf_sft.modeling import load_model, load_tokenizer
-from hf_sft.preemption import PreemptionCallback, latest_complete_checkpoint
+from hf_sft.training.devices import isolate_training_gpus
+from hf_sft.training.modeling import load_model, load_tokenizer
+from hf_sft.training.preemption import PreemptionCallback, latest_complete_checkpoint
 from hf_sft.report import build_run_report
-from hf_sft.tracking import use_project_trackers
-from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+from hf_sft.training.tracking import use_project_trackers
+from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
 logger = logging.getLogger("hf_sft.train")
 
@@ -183,7 +183,7 @@ def cli() -> None:
     """The command: bad recipes, data and model paths end with their message, not a traceback."""
     from hf_sft.data.loading import DataFormatError
     from hf_sft.eval_worker import SnapshotMemoryError
-    from hf_sft.modeling import ModelLoadError
+    from hf_sft.training.modeling import ModelLoadError
 
     try:
         main()

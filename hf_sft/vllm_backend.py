@@ -83,10 +83,10 @@ def select_device(device: str) -> None:
         if index != "0":
             raise RuntimeError(f"cannot put vLLM on {device}: CUDA is already initialised in this process")
         return
-    from hf_sft.devices import EVAL_VISIBLE_ENV
+    from hf_sft.training.devices import EVAL_VISIBLE_ENV
 
     physical = os.environ.get(EVAL_VISIBLE_ENV)
-    if physical:  # the trainer hid the eval GPU from itself (hf_sft/devices.py) and left its index here
+    if physical:  # the trainer hid the eval GPU from itself (hf_sft/training/devices.py) and left its index here
         os.environ["CUDA_VISIBLE_DEVICES"] = physical
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

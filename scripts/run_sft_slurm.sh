@@ -11,14 +11,14 @@
 # GPU + 1 eval GPU), e.g. recipes/accelerate_configs/multi_gpu_eval_last.yaml with --gres=gpu:4.
 # Time limit and preemption: --signal=B:TERM@300 makes Slurm send SIGTERM to this script 5 minutes
 # before the limit. The script forwards it to the training process group; the trainer saves a checkpoint
-# at the next step boundary and exits (hf_sft/preemption.py); the script then requeues the job, which
+# at the next step boundary and exits (hf_sft/training/preemption.py); the script then requeues the job, which
 # starts again with --resume_from_checkpoint auto from that checkpoint. A preemption by the scheduler
 # (SIGTERM to every process, then SIGKILL after KillWait) takes the same path. Raise the 300 s if saving
 # a checkpoint takes longer on your filesystem.
 # Multi-GPU configs run torch-elastic's agent inside `accelerate launch`: on SIGTERM it SIGTERMs the ranks
 # and SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (torch/distributed/launcher/api.py; default 30 s,
 # too short to finish a step and write a 1.5B checkpoint with fp32 optimizer state). The script sets it
-# to 270 s, inside the 300 s above. The ranks agree on the stop step (hf_sft/preemption.py), so a
+# to 270 s, inside the 300 s above. The ranks agree on the stop step (hf_sft/training/preemption.py), so a
 # signal that reaches one rank first cannot hang the others. A scheduler preemption is bounded by
 # Slurm's KillWait instead, which the script cannot extend.
 #

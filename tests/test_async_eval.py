@@ -37,8 +37,8 @@ def make_trainer(tmp_path, *extra: str):
     from hf_sft.config import parse_recipe
     from hf_sft.core import pad_token_id
     from hf_sft.data.loading import prepare_train_dataset
-    from hf_sft.modeling import load_model, load_tokenizer
-    from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+    from hf_sft.training.modeling import load_model, load_tokenizer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     config = tmp_path / "tiny_qwen2.json"
     config.write_text(json.dumps(TINY_QWEN2))

@@ -65,7 +65,7 @@ def test_shipped_recipes_parse(monkeypatch):
 
 @pytest.mark.parametrize("key", ["model_name_or_path", "tokenizer_name_or_path", "model_config"])
 def test_missing_local_model_path_is_named_before_anything_loads(tmp_path, key):
-    from hf_sft.modeling import ModelLoadError, load_model, load_tokenizer
+    from hf_sft.training.modeling import ModelLoadError, load_model, load_tokenizer
 
     missing = str(tmp_path / "no-such-model")
     argv = [os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--output_dir", str(tmp_path / "run"), f"--{key}", missing]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_sft.preemption import latest_complete_checkpoint
+from hf_sft.training.preemption import latest_complete_checkpoint
 from tests.conftest import REPO_ROOT
 
 SMALL = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "steps",

@@ -6,10 +6,10 @@ optimizer, schedules, clipping, mixed precision and checkpoints are the Trainer'
 
 Four exact optimisations sit inside ``compute_loss``, each a recipe switch in ``SFTConfig``
 (measured in docs/benchmarks.md): ``padding_free`` (the padded microbatch is unpadded into one
-row, attention kept within each example: ``hf_sft/packing.py``), ``shared_prefix`` (the prompt
+row, attention kept within each example: ``hf_sft/training/packing.py``), ``shared_prefix`` (the prompt
 prefix common to the microbatch's examples is computed once), ``response_only_lm_head`` (the LM
 head sees only the hidden states of response positions) and ``fused_lm_head`` (head, NLL,
-entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/losses.py``).
+entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/training/losses.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from transformers import Trainer
 
 from hf_sft.core import compute_entropy
-from hf_sft.losses import fused_linear_nll, plain_linear_nll
-from hf_sft.packing import VARLEN_SDPA, enable_padding_free, unpad
+from hf_sft.training.losses import fused_linear_nll, plain_linear_nll
+from hf_sft.training.packing import VARLEN_SDPA, enable_padding_free, unpad
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class SFTTrainer(Trainer):
     def _model_inputs(self, inputs) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Model kwargs plus the labels and response mask aligned with the model's token positions."""
         if getattr(self.args, "padding_free", False):
-            # Only the varlen SDPA of hf_sft.packing understands a shared prefix; flash attention does not.
+            # Only the varlen SDPA of hf_sft.training.packing understands a shared prefix; flash attention does not.
             share = getattr(self.args, "shared_prefix", False) and self._attn_implementation == VARLEN_SDPA
             packed = unpad(inputs, share_prefix=share)
             model_inputs = {k: packed[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",

@@ -7,7 +7,7 @@ import torch
 
 from hf_sft.config import SFTConfig
 from hf_sft.core import get_response_log_probs, pad_token_id, tokenize_prompt_and_output
-from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 from tests.conftest import make_tiny_qwen2
 
 PROMPTS = [f"User: What is {a} + {a + 7}?\nAssistant: <think>" for a in range(8)]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hf_sft.config import parse_recipe
-from hf_sft.devices import EVAL_VISIBLE_ENV, DeviceError, isolate_training_gpus
+from hf_sft.training.devices import EVAL_VISIBLE_ENV, DeviceError, isolate_training_gpus
 from tests.conftest import REPO_ROOT, make_tiny_qwen2
 
 DEMO = os.path.join(REPO_ROOT, "recipes", "demo.yaml")
@@ -46,7 +46,7 @@ def _args(tmp_path, hook, *extra):
 
 
 def _wrapped(training_args, bpe_tokenizer):
-    from hf_sft.trainer import SFTTrainer
+    from hf_sft.training.trainer import SFTTrainer
 
     training_args.__dict__["_setup_devices"] = torch.device("cpu")  # n_gpu is decided; the model stays on CPU
     trainer = SFTTrainer(model=make_tiny_qwen2(len(bpe_tokenizer)), args=training_args, processing_class=bpe_tokenizer)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_sft.config import parse_recipe
-from hf_sft.modeling import resolve_dtype
+from hf_sft.training.modeling import resolve_dtype
 from tests.conftest import REPO_ROOT
 from tests.test_async_eval import make_trainer
 

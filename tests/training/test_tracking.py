@@ -1,4 +1,4 @@
-"""Trackers: train/* on a train_step axis, eval/* on an eval_step axis (hf_sft.tracking).
+"""Trackers: train/* on a train_step axis, eval/* on an eval_step axis (hf_sft.training.tracking).
 
 The end-to-end test trains a tiny model for 4 steps with generation-based evaluation and
 `report_to: [wandb, tensorboard]`, wandb offline (no API key, no network), then reads back what a later
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_sft.tracking import tracker_metrics
+from hf_sft.training.tracking import tracker_metrics
 from tests.conftest import REPO_ROOT
 
 
@@ -65,10 +65,10 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     from hf_sft.config import parse_recipe
     from hf_sft.core import pad_token_id
     from hf_sft.data.loading import prepare_train_dataset
-    from hf_sft.modeling import load_model, load_tokenizer
-    from hf_sft.tracking import TensorBoardAxesCallback, WandbAxesCallback, use_project_trackers
+    from hf_sft.training.modeling import load_model, load_tokenizer
+    from hf_sft.training.tracking import TensorBoardAxesCallback, WandbAxesCallback, use_project_trackers
     from hf_sft.train import add_eval_callback
-    from hf_sft.trainer import PadToLongestCollator, SFTTrainer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     for key in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_RUN_ID", "TENSORBOARD_LOGGING_DIR"):
         monkeypatch.delenv(key, raising=False)
