@@ -313,7 +313,7 @@ def check_head(table: Table, device, size: dict, cfg: dict):
 
 def check_snapshot(table: Table, device, cfg: dict):
     from hf_sft.eval_worker import SharedWeights, shm_free_bytes
-    from hf_sft.vllm_backend import state_dict_for_push
+    from hf_sft.generation.vllm import state_dict_for_push
 
     model = build_model(build_config(cfg), device, torch.float32)
     state = state_dict_for_push(model)
@@ -338,7 +338,8 @@ def check_snapshot(table: Table, device, cfg: dict):
 
 
 def check_generate(table: Table, device, size: dict, cfg: dict, tokenizer):
-    from hf_sft.generation import HFGenerationBackend, SamplingSettings
+    from hf_sft.generation.base import SamplingSettings
+    from hf_sft.generation.hf import HFGenerationBackend
 
     model = build_model(build_config(cfg), device, torch.bfloat16).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id

@@ -30,7 +30,7 @@ from hf_sft.callbacks import log_side_metrics, should_evaluate
 from hf_sft.eval_worker import SHM_HINT, EvalWorker, SharedWeights, SnapshotMemoryError, WorkerSpec, shm_free_bytes
 from hf_sft.evaluation import summary_to_metrics
 from hf_sft.results import completed_eval_steps, write_eval_failure
-from hf_sft.vllm_backend import INSTALL_HINT, trainer_state_dict_for_push
+from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ def eval_device_for(eval_args) -> str:
 def engine_options_for(eval_args, model, training_args=None):
     """Engine options from the recipe; dtype defaults to the one training computes in (bf16 autocast over
     fp32 master weights means bf16, not the weights' fp32)."""
-    from hf_sft.vllm_backend import EngineOptions
+    from hf_sft.generation.vllm import EngineOptions
 
     compute = "bfloat16" if getattr(training_args, "bf16", False) else \
         "float16" if getattr(training_args, "fp16", False) else str(model.dtype).removeprefix("torch.")
@@ -474,7 +474,7 @@ class LivePolicyVLLMBackend:
     name = "vllm"
 
     def __init__(self, trainer, eval_args):
-        from hf_sft.vllm_backend import VLLMGenerationBackend
+        from hf_sft.generation.vllm import VLLMGenerationBackend
 
         self.trainer = trainer
         self.model_dir = write_engine_model_dir(trainer)
@@ -499,7 +499,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
     """
     from hf_sft.data.loading import load_eval_problems
     from hf_sft.evaluation import EvalProblems
-    from hf_sft.generation import SamplingSettings
+    from hf_sft.generation.base import SamplingSettings
 
     if data_args.eval_data is None:
         raise ValueError("eval_backend is 'vllm' but the recipe sets no eval_data")

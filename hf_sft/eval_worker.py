@@ -26,8 +26,8 @@ import torch
 import torch.multiprocessing as tmp
 
 from hf_sft.evaluation import EvalProblems
-from hf_sft.generation import SamplingSettings
-from hf_sft.vllm_backend import EngineOptions
+from hf_sft.generation.base import SamplingSettings
+from hf_sft.generation.vllm import EngineOptions
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def worker_main(commands, results) -> None:
     try:
         from hf_sft.evaluation import run_evaluation
         from hf_sft.grading.lenient import GradingPool
-        from hf_sft.vllm_backend import VLLMGenerationBackend, select_device
+        from hf_sft.generation.vllm import VLLMGenerationBackend, select_device
 
         select_device(spec.device)  # before anything initialises CUDA
         # The grading pool starts first, so its processes do not inherit vLLM's LD_PRELOAD.

@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, HfArgumentParser
 from hf_sft.config import EvalArguments, load_recipe_file
 from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation import EvalProblems, run_evaluation
-from hf_sft.generation import HFGenerationBackend, SamplingSettings
+from hf_sft.generation.base import SamplingSettings
+from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool
 from hf_sft.training.modeling import _DTYPES, load_tokenizer
 

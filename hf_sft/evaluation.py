@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from statistics import mean
 
 from hf_sft import eval_stats
-from hf_sft.generation import Generation, GenerationBackend, SamplingSettings
+from hf_sft.generation.base import Generation, GenerationBackend, SamplingSettings
 from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, GradingPool, voting_key
 from hf_sft.results import write_eval_results
 

