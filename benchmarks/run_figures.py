@@ -1,7 +1,7 @@
 """The figures of one finished training run, as docs/benchmarks.md tables: ``python benchmarks/run_figures.py RUN_DIR``.
 
 Reads only (results/eval_logs summaries, trainer_state.json). Accuracy and format accuracy get the same
-Wilson 95% intervals as the summaries (hf_sft.eval_stats). Generation tokens/s is the eval's response
+Wilson 95% intervals as the summaries (hf_sft.evaluation.stats). Generation tokens/s is the eval's response
 tokens over its wall time (generation plus grading); training tokens/s is response tokens trained over
 the Trainer's train_runtime.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_sft.eval_stats import wilson_interval  # noqa: E402
-from hf_sft.results import read_summaries  # noqa: E402
+from hf_sft.evaluation.stats import wilson_interval  # noqa: E402
+from hf_sft.evaluation.results import read_summaries  # noqa: E402
 
 
 def pct(successes: int, n: int) -> str:

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_sft.config import EvalArguments, load_recipe_file
 from hf_sft.data.loading import load_eval_problems
-from hf_sft.evaluation import EvalProblems, run_evaluation
+from hf_sft.evaluation.runner import EvalProblems, run_evaluation
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool

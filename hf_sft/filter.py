@@ -23,9 +23,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hf_sft.data.loading import DataFormatError, check_jsonl
-from hf_sft.evaluation import CATEGORIES, categorize
+from hf_sft.evaluation.runner import CATEGORIES, categorize
 from hf_sft.grading.lenient import REWARD_FNS
-from hf_sft.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text
 
 CHUNK = 64  # items per pool call: the progress bar moves, the pool stays busy
 

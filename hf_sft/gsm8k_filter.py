@@ -24,7 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from hf_sft.data.loading import DataFormatError, check_jsonl
-from hf_sft.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
 TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+|[-+*/()])")

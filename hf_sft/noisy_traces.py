@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hf_sft.data import builtin
 from hf_sft.data.loading import DataFormatError, check_jsonl
-from hf_sft.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text
 
 _ANSWER = re.compile(r"<answer>\s*(-?[0-9]+)\s*</answer>\s*$")
 

@@ -1,6 +1,6 @@
 """Plots of how a run's evaluations progress, and of several runs side by side (PNG, matplotlib Agg).
 
-Reads only what a run has on disk: its results/ (through ``hf_sft.results.read_summaries``) and, for the
+Reads only what a run has on disk: its results/ (through ``hf_sft.evaluation.results.read_summaries``) and, for the
 training curves, ``trainer_state.json``. A run may be half-written (still training, or killed): a missing
 or unreadable summary is skipped, a per-example log line that does not parse is skipped, and a plot with
 nothing to show is not drawn, so a report can be built at any moment of a run.
@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hf_sft.results import eval_logs_dir, read_summaries  # noqa: E402
+from hf_sft.evaluation.results import eval_logs_dir, read_summaries  # noqa: E402
 
 CATEGORY_COLORS = {"correct": "#2e7d32", "wrong_answer": "#f9a825", "format_failure": "#c62828"}
 _LOG_NAME = re.compile(r"^eval_step_(\d+)_(.+)\.jsonl$")

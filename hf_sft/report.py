@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hf_sft import plots
 from hf_sft.html_report import render_report
-from hf_sft.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text
 
 # ---------------------------------------------------------------- one run
 

@@ -87,16 +87,16 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     check_eval_backend_for_parallelism(eval_args, sharded=trainer.weights_are_sharded(),
                                        world_size=training_args.world_size, ddp_timeout=training_args.ddp_timeout)
     if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
-        from hf_sft.async_eval import build_async_eval_callback
+        from hf_sft.evaluation.async_callback import build_async_eval_callback
 
         callback = build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args)
         trainer.add_callback(callback)
         logger.info("Evaluating with vllm on %s in a worker process at step 0 and every %s steps",
                     callback.spec.device, training_args.eval_steps)
         return [callback]
-    from hf_sft.callbacks import GenerationEvalCallback
+    from hf_sft.evaluation.callback import GenerationEvalCallback
     from hf_sft.data.loading import load_eval_problems
-    from hf_sft.evaluation import EvalProblems
+    from hf_sft.evaluation.runner import EvalProblems
     from hf_sft.generation.base import SamplingSettings
     from hf_sft.generation.hf import HFGenerationBackend
     from hf_sft.grading.lenient import GradingPool
@@ -110,7 +110,7 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     grader = GradingPool(timeout=eval_args.eval_grading_timeout) if trainer.is_world_process_zero() else None
     closers = [grader] if grader is not None else []
     if eval_args.eval_backend == "vllm":  # eval_mode: blocking (single process: it is for debugging)
-        from hf_sft.async_eval import LivePolicyVLLMBackend
+        from hf_sft.evaluation.async_callback import LivePolicyVLLMBackend
 
         backend = LivePolicyVLLMBackend(trainer, eval_args) if trainer.is_world_process_zero() else None
         closers += [backend] if backend is not None else []
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 def cli() -> None:
     """The command: bad recipes, data and model paths end with their message, not a traceback."""
     from hf_sft.data.loading import DataFormatError
-    from hf_sft.eval_worker import SnapshotMemoryError
+    from hf_sft.evaluation.worker import SnapshotMemoryError
     from hf_sft.training.modeling import ModelLoadError
 
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_sft.eval_stats import breakdown, wilson_interval
+from hf_sft.evaluation.stats import breakdown, wilson_interval
 from hf_sft.report import build_comparison, build_run_report, main as report_main, run_ref
-from hf_sft.results import eval_logs_dir, write_eval_results
+from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\"> </think>"
 

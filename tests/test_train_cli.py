@@ -28,7 +28,7 @@ def train(tmp_path, recipe: str, *extra: str) -> tuple[dict, str]:
 
 
 def summary_steps(out: str) -> list[int]:
-    from hf_sft.results import read_summaries
+    from hf_sft.evaluation.results import read_summaries
 
     return [s["eval_step"] for s in read_summaries(out)]
 

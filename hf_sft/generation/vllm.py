@@ -2,7 +2,7 @@
 
 The engine runs in the process that builds it (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights are
 handed over by reference instead of being serialised; hf-sft runs it inside its own eval worker
-process (hf_sft.eval_worker), which also keeps vLLM's process-wide side effects (reseeded RNGs,
+process (hf_sft.evaluation.worker), which also keeps vLLM's process-wide side effects (reseeded RNGs,
 thread pinning, a gloo group, ``LD_PRELOAD``) away from the trainer.
 
 Installing: ``pip install 'hf-sft[vllm]'`` on CUDA machines; ``scripts/install_vllm_cpu.sh`` for the

@@ -15,7 +15,7 @@ import torch
 from hf_sft.config import parse_recipe
 from hf_sft.training.modeling import resolve_dtype
 from tests.conftest import REPO_ROOT
-from tests.test_async_eval import make_trainer
+from tests.evaluation.test_async_callback import make_trainer
 
 LR = 2e-5
 

@@ -61,7 +61,7 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
 
     wandb = pytest.importorskip("wandb", reason="needs the tracking extra: pip install -e '.[tracking]'")
     pytest.importorskip("tensorboard", reason="needs the tracking extra: pip install -e '.[tracking]'")
-    from hf_sft.callbacks import GenerationEvalCallback
+    from hf_sft.evaluation.callback import GenerationEvalCallback
     from hf_sft.config import parse_recipe
     from hf_sft.core import pad_token_id
     from hf_sft.data.loading import prepare_train_dataset

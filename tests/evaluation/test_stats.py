@@ -8,12 +8,12 @@ from itertools import combinations
 
 import pytest
 
-from hf_sft.eval_stats import breakdown, disagreements, pass_at_k, sampling_stats, wilson_interval
-from hf_sft.evaluation import EvalProblems, run_evaluation, summary_to_metrics
+from hf_sft.evaluation.stats import breakdown, disagreements, pass_at_k, sampling_stats, wilson_interval
+from hf_sft.evaluation.runner import EvalProblems, run_evaluation, summary_to_metrics
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool
-from hf_sft.results import eval_logs_dir
+from hf_sft.evaluation.results import eval_logs_dir
 
 
 def test_wilson_interval_known_values():

@@ -12,9 +12,9 @@ import logging
 
 from transformers import TrainerCallback
 
-from hf_sft.evaluation import EvalProblems, run_evaluation, summary_to_metrics
+from hf_sft.evaluation.runner import EvalProblems, run_evaluation, summary_to_metrics
 from hf_sft.generation.base import GenerationBackend, SamplingSettings
-from hf_sft.results import completed_eval_steps
+from hf_sft.evaluation.results import completed_eval_steps
 
 logger = logging.getLogger(__name__)
 

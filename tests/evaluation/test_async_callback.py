@@ -1,7 +1,7 @@
 """Non-blocking evaluation in a worker process, with a real vLLM engine on CPU; no mocks.
 
 Tests that need vLLM skip where it is not installed; run them in the vLLM venv:
-    /work/venv-vllm/bin/python -m pytest tests/test_async_eval.py
+    /work/venv-vllm/bin/python -m pytest tests/evaluation/test_async_callback.py
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 import pytest
 import torch
 
-from hf_sft.eval_worker import SharedWeights
+from hf_sft.evaluation.worker import SharedWeights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO_ROOT  # noqa: E402
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 
@@ -56,7 +56,7 @@ def make_trainer(tmp_path, *extra: str):
 
 
 def add_async_eval(trainer, recipe, **overrides):
-    from hf_sft.async_eval import build_async_eval_callback
+    from hf_sft.evaluation.async_callback import build_async_eval_callback
 
     callback = build_async_eval_callback(trainer, *recipe)
     callback.spec.engine.kv_cache_memory_bytes = 32 << 20
@@ -76,7 +76,7 @@ def eval_logs(trainer) -> list[dict]:
 @pytest.mark.slow
 def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_path):
     from hf_sft.generation.hf import HFGenerationBackend
-    from hf_sft.results import read_summaries
+    from hf_sft.evaluation.results import read_summaries
 
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2")
     callback = add_async_eval(trainer, recipe, policy="queue", max_queued=1)
@@ -240,7 +240,7 @@ def test_a_worker_that_cannot_start_does_not_stop_training(tmp_path, caplog):
 def test_without_vllm_the_recipe_fails_before_training(tmp_path):
     if HAVE_VLLM:
         pytest.skip("vLLM is installed here")
-    from hf_sft.async_eval import build_async_eval_callback
+    from hf_sft.evaluation.async_callback import build_async_eval_callback
     from hf_sft.generation.vllm import INSTALL_HINT
 
     trainer, recipe = make_trainer(tmp_path, "--max_steps", "2")
@@ -285,8 +285,8 @@ def test_shared_weights_cross_a_spawn_boundary_and_store_tied_tensors_once():
 PARENT_THAT_DIES = """
 import sys, time
 sys.path.insert(0, {root!r})
-from hf_sft.eval_worker import EvalWorker, WorkerSpec
-from hf_sft.evaluation import EvalProblems
+from hf_sft.evaluation.worker import EvalWorker, WorkerSpec
+from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.generation.base import SamplingSettings
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ SCRIPT = r"""
 import glob, json, os, sys, tempfile
 sys.path.insert(0, os.getcwd())
 from pathlib import Path
-from hf_sft.async_eval import AsyncEvalCallback
-from hf_sft.eval_worker import SnapshotMemoryError, WorkerSpec
-from tests.test_async_eval import make_trainer
+from hf_sft.evaluation.async_callback import AsyncEvalCallback
+from hf_sft.evaluation.worker import SnapshotMemoryError, WorkerSpec
+from tests.evaluation.test_async_callback import make_trainer
 
 tmp = Path(tempfile.mkdtemp())
 trainer, recipe = make_trainer(tmp, "--max_steps", "2")
@@ -69,7 +69,7 @@ def test_fp32_master_weights_are_snapshotted_in_the_engine_dtype():
     """bf16 engine over fp32 master weights: the snapshot is half the size, bf16, and ints stay ints."""
     import torch
 
-    from hf_sft.eval_worker import SharedWeights
+    from hf_sft.evaluation.worker import SharedWeights
 
     embed = torch.randn(64, 16)
     state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed, "norm.weight": torch.randn(16),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.multiprocessing as tmp
 
-from hf_sft.evaluation import EvalProblems
+from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import EngineOptions
 
@@ -170,7 +170,7 @@ def worker_main(commands, results) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     grader = None
     try:
-        from hf_sft.evaluation import run_evaluation
+        from hf_sft.evaluation.runner import run_evaluation
         from hf_sft.grading.lenient import GradingPool
         from hf_sft.generation.vllm import VLLMGenerationBackend, select_device
 

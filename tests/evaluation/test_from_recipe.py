@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hf_sft.async_eval import drain_budget_s
+from hf_sft.evaluation.async_callback import drain_budget_s
 from hf_sft.config import RecipeError
 from hf_sft.train import check_eval_backend_for_parallelism
 

@@ -1,7 +1,7 @@
 """Evaluation that never blocks training: snapshot the weights, hand them to the eval worker, go on.
 
 At step 0 (baseline), every `eval_steps` and at the end, the callback copies the policy's weights into a
-shared-memory buffer and queues them for the worker (hf_sft.eval_worker); the training loop waits only for
+shared-memory buffer and queues them for the worker (hf_sft.evaluation.worker); the training loop waits only for
 that copy and hand-over (the "stall", logged). Results are logged against the step they belong to
 (`eval/*` with `eval_step`) as soon as they arrive, polled at every step end. While an eval runs, newer
 snapshots wait; with `policy="latest"` (default) only the newest waiting snapshot is kept, with
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import TrainerCallback
 
-from hf_sft.callbacks import log_side_metrics, should_evaluate
-from hf_sft.eval_worker import SHM_HINT, EvalWorker, SharedWeights, SnapshotMemoryError, WorkerSpec, shm_free_bytes
-from hf_sft.evaluation import summary_to_metrics
-from hf_sft.results import completed_eval_steps, write_eval_failure
+from hf_sft.evaluation.callback import log_side_metrics, should_evaluate
+from hf_sft.evaluation.worker import SHM_HINT, EvalWorker, SharedWeights, SnapshotMemoryError, WorkerSpec, shm_free_bytes
+from hf_sft.evaluation.runner import summary_to_metrics
+from hf_sft.evaluation.results import completed_eval_steps, write_eval_failure
 from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
@@ -498,7 +498,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
     Recipe keys: eval_device, eval_policy and the eval_vllm_* engine options (hf_sft/config.py).
     """
     from hf_sft.data.loading import load_eval_problems
-    from hf_sft.evaluation import EvalProblems
+    from hf_sft.evaluation.runner import EvalProblems
     from hf_sft.generation.base import SamplingSettings
 
     if data_args.eval_data is None:

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from statistics import mean
 
-from hf_sft import eval_stats
+from hf_sft.evaluation import stats as eval_stats
 from hf_sft.generation.base import Generation, GenerationBackend, SamplingSettings
 from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, GradingPool, voting_key
-from hf_sft.results import write_eval_results
+from hf_sft.evaluation.results import write_eval_results
 
 logger = logging.getLogger(__name__)
 
