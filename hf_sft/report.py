@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_sft import plots
-from hf_sft.html_report import render_report
+from hf_sft.reporting import plots
+from hf_sft.reporting.html import render_report
 from hf_sft.evaluation.results import atomic_write_text
 
 # ---------------------------------------------------------------- one run
