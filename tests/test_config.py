@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hf_sft.config import RecipeError, parse_recipe
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def write(path, text):
@@ -54,7 +54,7 @@ def test_shipped_recipes_parse(monkeypatch):
     import glob
     import os
 
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     monkeypatch.chdir(REPO_ROOT)
     recipes = sorted(glob.glob(os.path.join("recipes", "*.yaml")))

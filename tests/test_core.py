@@ -105,7 +105,7 @@ def test_sft_microbatch_train_step_value_and_gradient():
 
 
 def test_gradient_accumulation_one_batch_of_8_equals_4_microbatches_of_2(bpe_tokenizer):
-    from tests.conftest import make_tiny_qwen2
+    from tests.helpers import make_tiny_qwen2
 
     prompts = [f"User: What is {a} + {a + 7}?\nAssistant: <think>" for a in range(8)]
     outputs = [f" {a} + {a + 7} = {2 * a + 7}. </think> <answer> {2 * a + 7} </answer>" for a in range(8)]

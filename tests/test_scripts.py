@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 SCRIPTS = sorted(str(p) for d in ("scripts", "benchmarks") for p in Path(REPO_ROOT, d).glob("*.sh")) + \
     [os.path.join(REPO_ROOT, ".ci", "run")]

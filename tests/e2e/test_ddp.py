@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 # One worker runs the module: its tests share the one-process baseline (and never race for ports).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]

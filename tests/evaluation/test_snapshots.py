@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 SCRIPT = r"""
 import glob, json, os, sys, tempfile
@@ -22,10 +22,10 @@ sys.path.insert(0, os.getcwd())
 from pathlib import Path
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
 from hf_sft.evaluation.worker import SnapshotMemoryError, WorkerSpec
-from tests.evaluation.test_async_callback import make_trainer
+from tests.helpers import make_demo_trainer
 
 tmp = Path(tempfile.mkdtemp())
-trainer, recipe = make_trainer(tmp, "--max_steps", "2")
+trainer, recipe = make_demo_trainer(tmp, "--max_steps", "2")
 out = trainer.args.output_dir
 callback = AsyncEvalCallback(trainer, WorkerSpec(model_dir="", device="cpu", problems=None, sampling=None,
                                                  output_dir=out), eval_steps=2)

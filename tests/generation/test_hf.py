@@ -6,7 +6,7 @@ import torch
 
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.hf import HFGenerationBackend, StopInResponse
-from tests.conftest import make_tiny_qwen2
+from tests.helpers import make_tiny_qwen2
 
 
 def ids(tok, text: str) -> list[int]:

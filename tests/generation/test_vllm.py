@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from hf_sft.generation.base import SamplingSettings  # noqa: E402
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.generation.vllm import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
-from tests.conftest import vllm_engine_on_dummy_weights  # noqa: E402
+from tests.helpers import vllm_engine_on_dummy_weights  # noqa: E402
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 # One worker runs the module: its tests share one engine start.

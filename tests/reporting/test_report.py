@@ -17,49 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from hf_sft.evaluation.stats import breakdown, wilson_interval
 from hf_sft.report import build_comparison, build_run_report, main as report_main, run_ref
 from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
+from tests.helpers import record, summary
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\"> </think>"
-
-
-def record(i: int, category: str, failure: str | None = None, response: str | None = None) -> dict:
-    return {
-        "index": i, "prompt": f"User: What is {i} + 1?\nAssistant: <think>", "problem": f"What is {i} + 1?",
-        "response": response or f" {i} + 1 = {i + 1} </think> <answer> {i + 1} </answer>",
-        "ground_truth": str(i + 1),
-        "rewards": {"format_reward": float(category != "format_failure"),
-                    "answer_reward": float(category == "correct"), "total_reward": float(category == "correct")},
-        "metrics": {"token_entropy": 1.5, "response_length": 20 + i},
-        "category": category, "failure_type": failure, "finish_reason": "stop",
-        "grading": {"timed_out": False, "error": None}, "subject": ("Algebra", "Number Theory")[i % 2],
-        "level": f"Level {1 + i % 3}", "grader_disagreement": category == "wrong_answer",
-    }
-
-
-def summary(step: int, records: list[dict]) -> dict:
-    n = len(records)
-    cats = {c: sum(r["category"] == c for r in records) for c in ("correct", "wrong_answer", "format_failure")}
-    kinds = ("missing_think_close", "missing_answer_open", "missing_answer_close", "incomplete_generation")
-    return {
-        "eval_step": step, "total_examples": n,
-        "categorization": {c: {"count": k, "percentage": 100.0 * k / n} for c, k in cats.items()},
-        "metrics": {"accuracy": cats["correct"] / n, "format_accuracy": 1 - cats["format_failure"] / n,
-                    "avg_response_length": 25.0 - step / 10, "avg_response_length_correct": 22.0,
-                    "avg_response_length_incorrect": None if cats["correct"] == n else 30.0,
-                    "avg_token_entropy": 2.0 - step / 20},
-        "format_failure_analysis": {k: {"count": sum(r["failure_type"] == k for r in records),
-                                        "percentage": 100.0 * sum(r["failure_type"] == k for r in records) / n}
-                                    for k in kinds},
-        "grading": {"reward_fn": "r1_zero", "timed_out": 0, "errors": 0},
-        "confidence_intervals": {"method": "wilson", "level": 0.95,
-                                 "accuracy": wilson_interval(cats["correct"], n),
-                                 "format_accuracy": wilson_interval(n - cats["format_failure"], n)},
-        "by_subject": breakdown(records, "subject"), "by_level": breakdown(records, "level"),
-        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 80}, "model": "tiny", "dataset": "test",
-        "backend": "hf", "wall_time_s": 1.0, "finished_at": "2026-01-01T00:00:00",
-    }
 
 
 def make_run(run_dir: Path, accuracies=(0.0, 0.5, 0.75), steps=(0, 10, 20)) -> Path:
@@ -238,7 +200,7 @@ def test_browser_screenshot_of_a_filtered_report(tmp_path):
 @pytest.mark.slow
 def test_ablation_runner_goes_past_a_failed_run_then_compares(tmp_path, capsys):
     from hf_sft.ablation import main as ablation_main
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(f"base: {REPO_ROOT}/recipes/demo.yaml\nmodel_config: {REPO_ROOT}/recipes/models/tiny_qwen2.json\n"

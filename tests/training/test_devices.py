@@ -16,7 +16,7 @@ from torch import nn
 
 from hf_sft.config import parse_recipe
 from hf_sft.training.devices import EVAL_VISIBLE_ENV, DeviceError, isolate_training_gpus
-from tests.conftest import REPO_ROOT, make_tiny_qwen2
+from tests.helpers import REPO_ROOT, make_tiny_qwen2
 
 DEMO = os.path.join(REPO_ROOT, "recipes", "demo.yaml")
 

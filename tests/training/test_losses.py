@@ -18,8 +18,8 @@ from hf_sft.core import compute_entropy, get_response_log_probs, pad_token_id, t
 from hf_sft.training.losses import auto_chunk_tokens, fused_linear_nll, plain_linear_nll
 from hf_sft.training.packing import VARLEN_SDPA, common_prefix_length, enable_padding_free, unpad
 from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
-from tests.conftest import make_tiny_qwen2
-from tests.training.test_trainer import OUTPUTS, PROMPTS, features
+from tests.helpers import make_tiny_qwen2
+from tests.helpers import OUTPUTS, PROMPTS, accumulated_grads, features
 
 OFF = {"padding_free": False, "shared_prefix": False, "response_only_lm_head": False, "fused_lm_head": False}
 
@@ -314,7 +314,6 @@ def _segment(bounds, i, shape):
 
 
 def test_one_batch_of_8_equals_4_microbatches_of_2_with_defaults(tmp_path, bpe_tokenizer):
-    from tests.training.test_trainer import accumulated_grads
 
     feats = features(bpe_tokenizer)
 

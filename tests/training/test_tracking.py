@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hf_sft.training.tracking import tracker_metrics
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_train_and_eval_logs_are_named_and_stepped_apart():

@@ -8,22 +8,7 @@ import torch
 from hf_sft.config import SFTConfig
 from hf_sft.core import get_response_log_probs, pad_token_id, tokenize_prompt_and_output
 from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
-from tests.conftest import make_tiny_qwen2
-
-PROMPTS = [f"User: What is {a} + {a + 7}?\nAssistant: <think>" for a in range(8)]
-OUTPUTS = [f" {a} + {a + 7} = {2 * a + 7}." * (1 + a % 3) + f" </think> <answer> {2 * a + 7} </answer>"
-           for a in range(8)]
-
-
-def features(tok):
-    out = tokenize_prompt_and_output(PROMPTS, OUTPUTS, tok)
-    feats = []
-    for i in range(len(PROMPTS)):
-        seq_len = len(tok(PROMPTS[i], add_special_tokens=False)["input_ids"]) + len(
-            tok(OUTPUTS[i], add_special_tokens=False)["input_ids"]) - 1
-        feats.append({k: out[k][i, :seq_len].tolist() for k in ("input_ids", "labels", "response_mask")})
-    return feats
-
+from tests.helpers import OUTPUTS, PROMPTS, accumulated_grads, features, make_tiny_qwen2
 
 def make_trainer(tmp_path, tok, microbatch, ga, normalization="token"):
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=microbatch,
@@ -31,16 +16,6 @@ def make_trainer(tmp_path, tok, microbatch, ga, normalization="token"):
                      report_to="none", learning_rate=0.0, max_grad_norm=None)
     model = make_tiny_qwen2(len(tok), seed=3)
     return SFTTrainer(model=model, args=args, data_collator=PadToLongestCollator(pad_token_id(tok)))
-
-
-def accumulated_grads(trainer, feats, microbatch):
-    collate = trainer.data_collator
-    batches = [collate(feats[i:i + microbatch]) for i in range(0, len(feats), microbatch)]
-    samples, num_items = trainer.get_batch_samples(iter(batches), len(batches), torch.device("cpu"))
-    trainer.model.train()
-    for b in samples:
-        trainer.training_step(trainer.model, b, num_items)
-    return torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
 
 
 @pytest.mark.parametrize("normalization", ["token", "sequence"])

