@@ -18,6 +18,11 @@ import pytest  # noqa: E402
 from tests.helpers import make_tiny_qwen2  # noqa: E402
 
 
+# The longest run, started before everything else (tests/test_layout.py checks that the file exists: a stale
+# path here would silently start it last).
+RUN_FIRST = "tests/e2e/test_demo.py"
+
+
 def pytest_collection_modifyitems(config, items):
     """Slow tests first, the demo's end-to-end run at the very front: with two workers (`make test`), the
     longest runs start at once and the quick tests fill the gaps, instead of one long run starting last.
@@ -26,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
     def rank(item):
         if item.get_closest_marker("slow") is None:
             return 2
-        return 0 if item.nodeid.startswith("tests/e2e/test_demo.py") else 1
+        return 0 if item.nodeid.startswith(RUN_FIRST) else 1
     items.sort(key=rank)
 
 

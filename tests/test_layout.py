@@ -37,3 +37,11 @@ def test_no_test_module_imports_another():
                 if name.startswith("tests") and (last.startswith("test_") or last == "conftest"):
                     offenders.append(f"{path.relative_to(TESTS)} imports {name}")
     assert not offenders, "; ".join(offenders)
+
+
+def test_the_run_started_first_exists():
+    """conftest.py's ordering hook names the demo's e2e module by path; a move must carry the name along."""
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    run_first = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                     and any(getattr(t, "id", None) == "RUN_FIRST" for t in node.targets))
+    assert (TESTS.parent / run_first).is_file(), run_first
