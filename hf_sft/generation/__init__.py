@@ -1,2 +1,2 @@
-"""Prompts plus sampling settings in, texts out: the backend protocol (base), Hugging Face generate (hf) and vLLM 
+"""Prompts plus sampling settings in, texts out: the backend protocol (base), Hugging Face generate (hf) and vLLM
 (vllm). Knows models, not grading."""
