@@ -28,7 +28,7 @@ from hf_sft.evaluation.runner import EvalProblems, run_evaluation
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool
-from hf_sft.training.modeling import _DTYPES, load_tokenizer
+from hf_sft.training.modeling import DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"hf-sft-eval: eval_backend {eval_args.eval_backend!r} is not available in this command; use hf")
 
     tokenizer = load_tokenizer(args)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=_DTYPES[args.torch_dtype],
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.torch_dtype],
                                                  trust_remote_code=args.trust_remote_code).to(args.device)
     ds = load_eval_problems(args.eval_data, args.eval_split, args.prompt_template, eval_args.eval_num_examples,
                             eval_args.eval_seed)
