@@ -312,7 +312,7 @@ def check_head(table: Table, device, size: dict, cfg: dict):
 
 
 def check_snapshot(table: Table, device, cfg: dict):
-    from hf_sft.evaluation.worker import SharedWeights, shm_free_bytes
+    from hf_sft.evaluation.snapshots import SharedWeights, shm_free_bytes
     from hf_sft.generation.vllm import state_dict_for_push
 
     model = build_model(build_config(cfg), device, torch.float32)

@@ -96,7 +96,7 @@ class EvalArguments:
                   "(unbiased estimator) and maj@k for k = this."})
     eval_grading_timeout: float = field(default=10.0, metadata={"help": "Seconds per graded item."})
     eval_device: str | None = field(default=None, metadata={"help": "Device of the eval engine (cuda:1, cpu)."})
-    # eval_backend: vllm only (hf_sft/evaluation/async_callback.py). The engine runs in a worker process of its own.
+    # eval_backend: vllm only (hf_sft/evaluation/from_recipe.py builds it). The engine runs in a worker process.
     eval_mode: str = field(
         default="async",
         metadata={"help": "vllm: async (a worker process, training goes on) | blocking (engine in the training "

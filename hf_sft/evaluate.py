@@ -23,12 +23,11 @@ import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from hf_sft.config import EvalArguments, load_recipe_file
-from hf_sft.data.loading import load_eval_problems
-from hf_sft.evaluation.runner import EvalProblems, run_evaluation
-from hf_sft.generation.base import SamplingSettings
+from hf_sft.evaluation.from_recipe import eval_problems, sampling_settings
+from hf_sft.evaluation.runner import run_evaluation
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.lenient import GradingPool
-from hf_sft.training.modeling import _DTYPES, load_tokenizer
+from hf_sft.training.modeling import DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")
 
@@ -76,15 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"hf-sft-eval: eval_backend {eval_args.eval_backend!r} is not available in this command; use hf")
 
     tokenizer = load_tokenizer(args)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=_DTYPES[args.torch_dtype],
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.torch_dtype],
                                                  trust_remote_code=args.trust_remote_code).to(args.device)
-    ds = load_eval_problems(args.eval_data, args.eval_split, args.prompt_template, eval_args.eval_num_examples,
-                            eval_args.eval_seed)
-    problems = EvalProblems.from_dataset(ds, args.eval_data)
-    sampling = SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
-                                max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                seed=eval_args.eval_seed,
-                                num_samples=eval_args.eval_num_samples)
+    problems = eval_problems(args, eval_args)  # as train.py loads them: same problems, prompts and subset
+    sampling = sampling_settings(eval_args)
     backend = HFGenerationBackend(model, tokenizer, batch_size=eval_args.eval_batch_size)
     with GradingPool(timeout=eval_args.eval_grading_timeout) as grader:
         summary = run_evaluation(backend, problems, sampling, grader, eval_step=args.eval_step,

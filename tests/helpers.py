@@ -77,6 +77,66 @@ def make_demo_trainer(tmp_path, *extra: str):
     return trainer, (model_args, data_args, eval_args, training_args)
 
 
+# ---------------------------------------------------------------- the async eval callback on a demo trainer
+
+def have_vllm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def needs_vllm(test):
+    """Marked `vllm` (see setup.cfg) and skipped where vLLM is not installed."""
+    return pytest.mark.vllm(pytest.mark.skipif(not have_vllm(), reason="vLLM not installed (run in the vLLM venv)")(test))
+
+
+def add_async_eval(trainer, recipe, **overrides):
+    """The recipe's async vLLM eval callback, with an engine small enough for a CPU test, added to ``trainer``."""
+    from hf_sft.evaluation.from_recipe import build_async_eval_callback
+
+    callback = build_async_eval_callback(trainer, *recipe)
+    callback.spec.engine.kv_cache_memory_bytes = 32 << 20
+    callback.spec.engine.max_num_seqs = 16
+    callback.spec.grading_workers = 1
+    for key, value in overrides.items():
+        setattr(callback, key, value)
+    trainer.add_callback(callback)
+    return callback
+
+
+def eval_logs(trainer) -> list[dict]:
+    return [e for e in trainer.state.log_history if "eval_step" in e]
+
+
+class KillWorkerMidEval:
+    """Test harness: at ``at_step``, wait until the worker's engine is up and evaluating, then signal it
+    (SIGKILL: a crash, or the kernel's OOM killer; SIGSTOP: a hang), or do ``action(pid)`` to it instead."""
+
+    def __init__(self, callback, at_step: int, sig=None, action=None):
+        import signal
+
+        self.callback, self.at_step, self.killed_pid = callback, at_step, None
+        self.sig = signal.SIGKILL if sig is None else sig
+        self.action = action or (lambda pid: os.kill(pid, self.sig))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if state.global_step != self.at_step:
+            return
+        cb, deadline = self.callback, time.time() + 300
+        while not (cb.worker_ready and cb.inflight is not None and cb.inflight.released) and time.time() < deadline:
+            time.sleep(0.2)
+            cb.on_step_end(args, state, control)  # lets the callback read its messages (step 3: no new eval)
+        self.killed_pid = cb.worker.pid
+        self.action(self.killed_pid)
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
 # ---------------------------------------------------------------- prompt/response pairs for loss tests
 
 PROMPTS = [f"User: What is {a} + {a + 7}?\nAssistant: <think>" for a in range(8)]

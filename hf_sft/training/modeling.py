@@ -12,7 +12,8 @@ from hf_sft.data import builtin
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch_dtype names a recipe or `hf-sft-eval --torch_dtype` may give (besides auto).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(ValueError):
@@ -35,9 +36,9 @@ def resolve_dtype(model_args, training_args) -> torch.dtype | str:
         if training_args.fp16:
             return torch.float16
         return torch.float32
-    if model_args.torch_dtype not in _DTYPES:
+    if model_args.torch_dtype not in DTYPES:
         raise ModelLoadError(f"torch_dtype must be auto, float32, bfloat16 or float16, got {model_args.torch_dtype!r}")
-    return _DTYPES[model_args.torch_dtype]
+    return DTYPES[model_args.torch_dtype]
 
 
 def load_tokenizer(model_args):

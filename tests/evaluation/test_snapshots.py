@@ -1,5 +1,7 @@
-"""A /dev/shm too small for the weight snapshot (64 MB in a default Docker container): a clear error at start,
-and a snapshot that does not fit mid-run is a failed eval on disk, never a dead trainer.
+"""Weight snapshots in shared memory: `SharedWeights` (one flat buffer, tied tensors once, cast to the engine's
+dtype, readable across a spawn boundary), the `SnapshotPool` that reuses released buffers, and a /dev/shm too
+small for a snapshot (64 MB in a default Docker container): a clear error at start, and a snapshot that does
+not fit mid-run is a failed eval on disk, never a dead trainer.
 
 Runs for real in a private mount namespace (``unshare -m``) whose /dev/shm is a 1 MB tmpfs, smaller than the
 tiny model's 1.4 MB fp32 snapshot. Before the fix, torch's allocation error (ENOSPC) escaped the callback's
@@ -13,6 +15,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from hf_sft.evaluation.snapshots import SharedWeights, SnapshotPool
 
 from tests.helpers import REPO_ROOT
 
@@ -21,7 +26,8 @@ import glob, json, os, sys, tempfile
 sys.path.insert(0, os.getcwd())
 from pathlib import Path
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
-from hf_sft.evaluation.worker import SnapshotMemoryError, WorkerSpec
+from hf_sft.evaluation.snapshots import SnapshotMemoryError
+from hf_sft.evaluation.worker import WorkerSpec
 from tests.helpers import make_demo_trainer
 
 tmp = Path(tempfile.mkdtemp())
@@ -67,10 +73,6 @@ def test_small_dev_shm_is_a_clear_error_at_start_and_a_failed_eval_mid_run():
 
 def test_fp32_master_weights_are_snapshotted_in_the_engine_dtype():
     """bf16 engine over fp32 master weights: the snapshot is half the size, bf16, and ints stay ints."""
-    import torch
-
-    from hf_sft.evaluation.worker import SharedWeights
-
     embed = torch.randn(64, 16)
     state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed, "norm.weight": torch.randn(16),
              "step": torch.tensor([3, 4])}
@@ -83,3 +85,50 @@ def test_fp32_master_weights_are_snapshotted_in_the_engine_dtype():
     assert got["lm_head.weight"].dtype == torch.bfloat16
     assert torch.equal(got["lm_head.weight"], embed.to(torch.bfloat16))
     assert got["step"].dtype == torch.int64 and got["step"].tolist() == [3, 4]
+
+
+def _read_shared(q_in, q_out):
+    import io
+
+    weights = q_in.get()
+    buffer = io.BytesIO()  # plain bytes back: a tensor would need this process alive until it is received
+    torch.save({name: t.clone() for name, t in weights.named_tensors()}, buffer)
+    q_out.put(buffer.getvalue())
+
+
+def test_shared_weights_cross_a_spawn_boundary_and_store_tied_tensors_once():
+    import torch.multiprocessing as tmp
+
+    embed = torch.randn(10, 4)
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed, "norm.weight": torch.ones(4),
+             "bf": torch.randn(3, 5).to(torch.bfloat16), "step": torch.tensor(7)}
+    slot = SharedWeights.allocate(state)
+    assert slot.nbytes < 2 * 10 * 4 * 4 + 512  # the tied tensor is stored once
+    assert slot.matches(state) and not slot.matches({**state, "extra": torch.ones(1)})
+    slot.copy_from(state)
+    ctx = tmp.get_context("spawn")
+    q_in, q_out = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_read_shared, args=(q_in, q_out))
+    proc.start()
+    q_in.put(slot)
+    import io
+
+    got = torch.load(io.BytesIO(q_out.get(timeout=120)))
+    proc.join(30)
+    assert set(got) == set(state)
+    for name, tensor in state.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor)
+
+
+def test_the_pool_reuses_a_buffer_once_it_is_not_busy_and_counts_its_peak():
+    state = {"w": torch.randn(8, 4), "b": torch.zeros(4)}
+    pool = SnapshotPool(torch.bfloat16)
+    first = pool.free_slot(state, busy=[])
+    assert first.matches(state) and dict(first.named_tensors())["w"].dtype == torch.bfloat16
+    second = pool.free_slot(state, busy=[first])  # the worker still reads the first: a new buffer
+    assert second is not first and pool.peak == 2
+    assert pool.free_slot(state, busy=[second]) is first  # released: reused, nothing allocated
+    assert pool.free_slot({"w": torch.randn(2, 2)}, busy=[]) not in (first, second)  # another shape: a new one
+    assert len(pool.slots) == pool.peak == 3
+    pool.clear()
+    assert not pool.slots and pool.peak == 3

@@ -67,7 +67,7 @@ def test_offline_wandb_and_tensorboard_runs_have_both_axes(tmp_path, monkeypatch
     from hf_sft.data.loading import prepare_train_dataset
     from hf_sft.training.modeling import load_model, load_tokenizer
     from hf_sft.training.tracking import TensorBoardAxesCallback, WandbAxesCallback, use_project_trackers
-    from hf_sft.train import add_eval_callback
+    from hf_sft.evaluation.from_recipe import add_eval_callback
     from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 
     for key in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_RUN_ID", "TENSORBOARD_LOGGING_DIR"):

@@ -1,0 +1,94 @@
+"""What the trainer and the eval worker say to each other over their two queues: one small dataclass each.
+
+Commands (trainer -> worker): `Init` once, then `Evaluate` per snapshot, then `Stop`.
+Replies (worker -> trainer): `Ready` once its engine is up (or `Fatal` if it could not start), then per
+eval `Released` (the snapshot buffer may be reused) and `Result` or `Failed`; `Broken` when it could not
+read its next command (it exits after saying so).
+
+Module-level frozen dataclasses, so that they pickle across the spawn boundary by name; fields are read
+by name, never by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hf_sft.evaluation.snapshots import SharedWeights
+    from hf_sft.evaluation.worker import WorkerSpec
+
+
+# ---------------------------------------------------------------- trainer -> worker
+
+@dataclass(frozen=True)
+class Init:
+    """First command: everything the worker needs (sent by queue, not in the process's start-up pickle)."""
+
+    spec: WorkerSpec
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Evaluate ``weights`` (a shared-memory handle: small to send) as the weights of ``step``."""
+
+    step: int
+    weights: SharedWeights
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Close the grading pool and the engine, and exit."""
+
+
+# ---------------------------------------------------------------- worker -> trainer
+
+@dataclass(frozen=True)
+class Ready:
+    """The grading pool and the engine are up."""
+
+    startup_s: float
+
+
+@dataclass(frozen=True)
+class Released:
+    """The weights of ``step`` are in the engine: the parent may overwrite that buffer."""
+
+    step: int
+    push_s: float
+
+
+@dataclass(frozen=True)
+class Result:
+    """The eval of ``step`` is done and written under results/; ``summary`` is run_evaluation's."""
+
+    step: int
+    summary: dict
+    push_s: float
+    eval_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The eval of ``step`` raised; the worker's engine may be unusable after it."""
+
+    step: int
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Broken:
+    """The worker could not read its next command (out of memory mapping a snapshot, say); it exits."""
+
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The worker could not start (grading pool or engine); it exits."""
+
+    traceback: str
+
+
+COMMANDS = (Init, Evaluate, Stop)
+REPLIES = (Ready, Released, Result, Failed, Broken, Fatal)
