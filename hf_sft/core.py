@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 
 def encode_prompt_and_output(prompt_strs: list[str], output_strs: list[str], tokenizer) -> list[tuple[list[int], int]]:
