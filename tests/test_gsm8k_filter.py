@@ -1,4 +1,4 @@
-"""hf_sft.gsm8k_filter: calculator steps recomputed exactly, hostile expressions refused, not evaluated."""
+"""hf_sft.gsm8k_filter: verdicts per trace and the filtered file (the calculator is tests/grading/test_calculator)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,7 @@ import json
 import pytest
 
 from hf_sft.data.loading import DataFormatError
-from hf_sft.gsm8k_filter import Unverifiable, check_annotation, evaluate, filter_gsm8k, main, trace_verdict
-
-
-@pytest.mark.parametrize("body,right", [("2*3=6", True), ("2*3=7", False), ("10/3=3.33", True), ("10/3=3.3", True),
-                                        ("10/3=3.4", False), ("(1+2)*-3=-9", True), ("1,200-200=1,000", True),
-                                        ("0.5*40=20", True), ("7-2-1=4", True), ("8/4/2=1", True)])
-def test_steps_are_recomputed_at_the_stated_precision(body, right):
-    assert check_annotation(body) is right
-
-
-@pytest.mark.parametrize("body", ["2**3=8", "3x4=12", "50%*10=5", "1/0=1", "=5", "2*3", "2*(3=6", "2*3=six",
-                                  "9" * 300 + "=1", "(" * 30 + "1" + ")" * 30 + "=1",
-                                  "*".join(["99999999"] * 20) + "=1", "__import__('os')=1"])
-def test_what_is_not_plain_bounded_arithmetic_is_unverifiable(body):
-    with pytest.raises(Unverifiable):
-        check_annotation(body)
-
-
-def test_evaluate_is_exact():
-    assert evaluate("1/3+1/3+1/3") == 1
+from hf_sft.gsm8k_filter import filter_gsm8k, main, trace_verdict
 
 
 def test_verdicts_and_the_filtered_file(tmp_path):
