@@ -12,7 +12,8 @@ import json
 import time
 from collections import Counter
 
-from hf_sft.grading.lenient import GradingPool, r1_zero_lenient_reward_fn
+from hf_sft.grading.lenient import r1_zero_lenient_reward_fn
+from hf_sft.grading.pool import GradingPool
 from hf_sft.grading.reference import format_failure_type
 
 

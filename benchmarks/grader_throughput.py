@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from hf_sft.grading.lenient import GradingPool, extract_ground_truth
+from hf_sft.grading.lenient import extract_ground_truth
+from hf_sft.grading.pool import GradingPool
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "validation.jsonl"
 
@@ -45,11 +46,12 @@ def unparsable(truths: list[str]) -> list[str]:
     can grade them, so a model that writes them any other way is marked wrong."""
     from sympy import Basic, MatrixBase
 
-    from hf_sft.grading.lenient import _cas_parse, normalize_answer
+    from hf_sft.grading.lenient_equal import cas_parse
+    from hf_sft.grading.lenient_normalize import normalize_answer
 
     answers = [extract_ground_truth(t) for t in truths]
     return [a for a in answers
-            if not any(isinstance(x, (Basic, MatrixBase)) for x in _cas_parse(normalize_answer(a, keep_percent=True)))]
+            if not any(isinstance(x, (Basic, MatrixBase)) for x in cas_parse(normalize_answer(a, keep_percent=True)))]
 
 
 def report(name: str, stats: dict) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hf_sft.grading.registry import REWARD_FN_NAMES, REWARD_SPECS
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be run as written; the message names the file and key."""
@@ -87,9 +89,7 @@ class EvalArguments:
     eval_stop: str = field(default="</answer>", metadata={"help": "Stop string, kept in the output."})
     eval_reward_fn: str = field(
         default="r1_zero",
-        metadata={"help": "r1_zero: the published r1_zero grader's rules (strict '</think> <answer>'); "
-                  "r1_zero_lenient: any whitespace there, units and number words forgiven, math-verify; "
-                  "question_only: last \\boxed{} or final number."})
+        metadata={"help": "; ".join(f"{name}: {spec.description}" for name, spec in REWARD_SPECS.items())})
     eval_num_samples: int = field(
         default=1,
         metadata={"help": "Samples per problem; above 1 (needs eval_temperature > 0) summaries add pass@k "
@@ -130,7 +130,7 @@ class EvalArguments:
         # Checked at parse time: a typo here must not surface after the model has loaded.
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
                    "eval_policy": ("latest", "queue"),
-                   "eval_reward_fn": ("r1_zero", "r1_zero_lenient", "question_only")}
+                   "eval_reward_fn": REWARD_FN_NAMES}
         if self.eval_queue_size < 1:
             raise RecipeError(f"eval_queue_size must be >= 1, got {self.eval_queue_size}")
         for key, allowed in choices.items():

@@ -26,7 +26,7 @@ from hf_sft.config import EvalArguments, load_recipe_file
 from hf_sft.evaluation.from_recipe import eval_problems, sampling_settings
 from hf_sft.evaluation.runner import run_evaluation
 from hf_sft.generation.hf import HFGenerationBackend
-from hf_sft.grading.lenient import GradingPool
+from hf_sft.grading.pool import GradingPool
 from hf_sft.training.modeling import DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")

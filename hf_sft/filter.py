@@ -23,8 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hf_sft.data.loading import DataFormatError, check_jsonl
-from hf_sft.evaluation.runner import CATEGORIES, categorize
-from hf_sft.grading.lenient import REWARD_FNS
+from hf_sft.grading.registry import CATEGORIES, REWARD_FN_NAMES, categorize, reward_spec
 from hf_sft.evaluation.results import atomic_write_text
 
 CHUNK = 64  # items per pool call: the progress bar moves, the pool stays busy
@@ -69,8 +68,7 @@ def filter_traces(input_path, output_path, reward_fn: str = "r1_zero", timeout: 
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.resolve() == output_path.resolve():
         raise ValueError("the output must not overwrite the input")
-    if reward_fn not in REWARD_FNS:
-        raise ValueError(f"reward_fn must be one of {sorted(REWARD_FNS)}, got {reward_fn!r}")
+    reward_spec(reward_fn)  # a ValueError naming the choices, before any worker starts
     rows = read_traces(input_path)
     start = time.perf_counter()
     grades = []
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-sft-filter", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="SFT traces {prompt, response, ground_truth} (JSONL)")
     parser.add_argument("output", help="where the correct traces go (JSONL); statistics beside it")
-    parser.add_argument("--reward_fn", default="r1_zero", choices=sorted(REWARD_FNS))
+    parser.add_argument("--reward_fn", default="r1_zero", choices=sorted(REWARD_FN_NAMES))
     parser.add_argument("--timeout", type=float, default=10.0, help="grading deadline per trace, seconds")
     parser.add_argument("--num_workers", type=int, default=None, help="grading processes (default: up to 4)")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ from datasets import Dataset
 
 from hf_sft.data import builtin
 from hf_sft.core import encode_prompt_and_output
-from hf_sft.grading.lenient import last_boxed
+from hf_sft.grading.lenient_normalize import last_boxed
 from hf_sft.data.prompts import format_prompt, load_template
 
 logger = logging.getLogger(__name__)

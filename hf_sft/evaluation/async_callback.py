@@ -149,8 +149,10 @@ class AsyncEvalCallback(TrainerCallback):
         self.drain(timeout)
         drain_s = time.perf_counter() - start
         elapsed = time.perf_counter() - (self.train_start or start)
-        log_side_metrics(self.trainer, {"eval/drain_s": round(drain_s, 3), "eval/stall_total_s": round(self.stall_total_s, 3),
-                                       "eval/stall_fraction": round(self.stall_total_s / max(elapsed - drain_s, 1e-9), 5)})
+        stall_fraction = self.stall_total_s / max(elapsed - drain_s, 1e-9)
+        log_side_metrics(self.trainer, {"eval/drain_s": round(drain_s, 3),
+                                        "eval/stall_total_s": round(self.stall_total_s, 3),
+                                        "eval/stall_fraction": round(stall_fraction, 5)})
         counts = [sum(r.status == s for r in self.records.values()) for s in ("done", "failed", "skipped")]
         logger.info("async eval: %d done, %d failed, %d skipped; training loop stalled %.2fs in all; drained in %.1fs",
                     *counts, self.stall_total_s, drain_s)

@@ -162,7 +162,7 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
         return [callback]
     from hf_sft.evaluation.callback import GenerationEvalCallback
     from hf_sft.generation.hf import HFGenerationBackend
-    from hf_sft.grading.lenient import GradingPool
+    from hf_sft.grading.pool import GradingPool
 
     problems = eval_problems(data_args, eval_args)
     sampling = sampling_settings(eval_args)

@@ -13,15 +13,11 @@ from statistics import mean
 
 from hf_sft.evaluation import stats as eval_stats
 from hf_sft.generation.base import Generation, GenerationBackend, SamplingSettings
-from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, GradingPool, voting_key
+from hf_sft.grading.pool import GradingPool
+from hf_sft.grading.registry import CATEGORIES, FAILURE_TYPES, categorize, reward_spec, voting_key
 from hf_sft.evaluation.results import write_eval_results
 
 logger = logging.getLogger(__name__)
-
-CATEGORIES = ("correct", "wrong_answer", "format_failure")
-FAILURE_TYPES = ("missing_think_close", "missing_answer_open", "missing_answer_close", "think_answer_separator",
-                 "incomplete_generation")
-
 
 @dataclass
 class EvalProblems:
@@ -44,19 +40,11 @@ class EvalProblems:
         return len(self.prompts)
 
 
-def categorize(grade) -> str:
-    if grade.reward >= 1.0:
-        return "correct"
-    if grade.format_reward >= 1.0:
-        return "wrong_answer"
-    return "format_failure"
-
-
 def build_records(problems: EvalProblems, generations: list[Generation], grades, *, reward_fn: str = "r1_zero",
                   num_samples: int = 1) -> list[dict]:
     """One record per generation; with ``num_samples`` k, generations come k per problem, in problem order."""
     records = []
-    alternate = ALTERNATE_REWARD_FN.get(reward_fn)
+    alternate = reward_spec(reward_fn).alternate
     for i, (gen, grade) in enumerate(zip(generations, grades)):
         p = i // num_samples
         category = categorize(grade)
@@ -150,7 +138,7 @@ def run_evaluation(backend: GenerationBackend, problems: EvalProblems, sampling:
     generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling)
     grades = grader.grade([g.text for g in generations], [t for t in problems.ground_truths for _ in range(k)],
                           reward_fn=reward_fn, finish_reasons=[g.finish_reason for g in generations],
-                          compare=reward_fn in ALTERNATE_REWARD_FN)
+                          compare=reward_spec(reward_fn).alternate is not None)
     records = build_records(problems, generations, grades, reward_fn=reward_fn, num_samples=k)
     summary = summarize(records, eval_step=eval_step, sampling=sampling, model=model_name, dataset=problems.dataset,
                         backend=backend.name, wall_time_s=time.perf_counter() - start, reward_fn=reward_fn)

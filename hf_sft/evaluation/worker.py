@@ -78,7 +78,7 @@ def worker_main(commands, results) -> None:
     grader = None
     try:
         from hf_sft.evaluation.runner import run_evaluation
-        from hf_sft.grading.lenient import GradingPool
+        from hf_sft.grading.pool import GradingPool
         from hf_sft.generation.vllm import VLLMGenerationBackend, select_device
 
         select_device(spec.device)  # before anything initialises CUDA

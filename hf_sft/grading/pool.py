@@ -5,7 +5,7 @@ on hostile input can hang in C code (big-integer arithmetic) where no signal rea
 reports every item as it finishes, so the parent knows which item a worker is on and since when; a worker
 past the deadline is killed (SIGKILL) and replaced, its item scores 0 as ``timed_out``, and the rest of its
 chunk goes back to the queue. The parent uses no signals (``multiprocessing.connection.wait``), so ``grade``
-works from any thread. Workers use no alarms either (math-verify's are switched off): an exception raised at
+works from any thread. Workers use no alarms either (math-verify's stay off): an exception raised at
 an arbitrary bytecode can leave sympy/mpmath caches half-updated (seen: after an alarm interrupted
 ``e^{e^{e^{e^{e}}}}``, ``\\infty^{\\infty}`` graded equal to 72), so an item that overruns costs its worker,
 and a worker that raised retires: no later item shares a process with an interrupted computation.
@@ -25,18 +25,47 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from hf_sft.grading import lenient
-from hf_sft.grading.lenient import ALTERNATE_REWARD_FN, REWARD_FNS, GradeResult, failure_type, grade_one
+from hf_sft.grading import lenient_equal, lenient_normalize, reference, reference_normalize, registry
+from hf_sft.grading.registry import GradeResult, failure_type, grade_one, reward_spec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
-PRELOAD = ["__main__", "hf_sft.grading.lenient", "hf_sft.grading.reference", "hf_sft.grading.reference_normalize",
-           "hf_sft.grading.pool", "math_verify", "pylatexenc.latex2text"]
+# Module objects, not strings: the forkserver silently skips a preload name that fails to import, so a stale
+# string would quietly lose the warm start. registry imports the graders; the rest are what they import lazily.
+PRELOAD = ["__main__", *(m.__name__ for m in (registry, lenient_normalize, lenient_equal, reference,
+                                              reference_normalize)), __name__, "math_verify", "pylatexenc.latex2text"]
+
+
+# ---------------------------------------------------------------- messages on the pipe
+
+
+@dataclass(frozen=True)
+class GradeTask:
+    idx: int
+    reward_fn: str
+    response: str
+    ground_truth: str
+    finish_reason: str | None
+    fast_path: bool
+    alternate: str | None  # also grade with this grader (alternate_reward), or None
+
+
+@dataclass(frozen=True)
+class Graded:
+    idx: int
+    result: GradeResult
+    retire: bool  # an exception escaped a computation: the worker leaves after sending this
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    pid: int
 
 
 # ---------------------------------------------------------------- worker side
@@ -69,39 +98,38 @@ def _test_hook(ground_truth: str) -> None:
         os._exit(3)
 
 
-def _fallback(task: tuple, timed_out: bool, error: str | None) -> tuple:
-    """Result row for an item that was not graded: rewards 0, format still judged (string scans only)."""
-    idx, reward_fn, response, _, finish_reason, _, _ = task
-    failure = failure_type(response, reward_fn, finish_reason)
-    return (idx, float(failure is None), 0.0, 0.0, timed_out, error, failure, None, error is not None)
+def _fallback(task: GradeTask, timed_out: bool, error: str | None) -> Graded:
+    """Result for an item that was not graded: rewards 0, format still judged (string scans only)."""
+    failure = failure_type(task.response, task.reward_fn, task.finish_reason)
+    result = GradeResult(float(failure is None), 0.0, 0.0, timed_out=timed_out, error=error, failure_type=failure)
+    return Graded(task.idx, result, retire=error is not None)
 
 
-def _grade_task(task: tuple, test_hooks: bool) -> tuple:
-    """The item's row; its last field says the worker must retire (an exception escaped a computation)."""
-    idx, reward_fn, response, ground_truth, finish_reason, fast_path, alternate = task
+def _grade_task(task: GradeTask, test_hooks: bool) -> Graded:
     try:
         if test_hooks:
-            _test_hook(ground_truth)
-        r = grade_one(response, ground_truth, reward_fn, finish_reason, fast_path=fast_path)
+            _test_hook(task.ground_truth)
+        result = grade_one(task.response, task.ground_truth, task.reward_fn, task.finish_reason,
+                           fast_path=task.fast_path)  # no cas_timeout_s: no alarms in a worker (see above)
     except Exception as e:  # MemoryError and RecursionError included
         return _fallback(task, False, f"{type(e).__name__}: {str(e)[:200]}")
-    alt, retire = None, False
-    if alternate:
+    retire = False
+    if task.alternate:
         try:
-            alt = REWARD_FNS[alternate](response, ground_truth, fast_path=fast_path)["reward"]
+            result.alternate_reward = reward_spec(task.alternate).reward(
+                task.response, task.ground_truth, fast_path=task.fast_path)["reward"]
         except Exception:  # the primary grade stands; the comparison is just missing for this item
             retire = True
-    return (idx, r.format_reward, r.answer_reward, r.reward, False, None, r.failure_type, alt, retire)
+    return Graded(task.idx, result, retire)
 
 
 def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    lenient.MATH_VERIFY_TIMEOUT_S = None  # no alarms: an interrupted sympy can be left inconsistent
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     _limit_memory(memory_limit_mb)
-    lenient.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
-    lenient.reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
-    conn.send(("ready", os.getpid()))
+    lenient_equal.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
+    reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
+    conn.send(WorkerReady(os.getpid()))
     while True:
         try:
             chunk = conn.recv()
@@ -110,9 +138,9 @@ def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
         if chunk is None:
             return
         for task in chunk:
-            row = _grade_task(task, test_hooks)
-            conn.send(row)
-            if row[-1]:
+            graded = _grade_task(task, test_hooks)
+            conn.send(graded)
+            if graded.retire:
                 return  # an exception escaped mid-computation: state may be half-updated, so retire
 
 
@@ -181,25 +209,24 @@ class GradingPool:
 
         ``compare``: also grade with the other r1_zero grader (``alternate_reward``), within the same deadline.
         """
-        if reward_fn not in REWARD_FNS:
-            raise ValueError(f"reward_fn must be one of {sorted(REWARD_FNS)}, got {reward_fn!r}")
+        spec = reward_spec(reward_fn)  # ValueError naming the choices
         responses, ground_truths = list(responses), list(ground_truths)
         reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(responses)
         if not len(responses) == len(ground_truths) == len(reasons):
             raise ValueError("responses, ground_truths and finish_reasons must have the same length")
-        alternate = ALTERNATE_REWARD_FN.get(reward_fn) if compare else None
-        tasks = [(i, reward_fn, str(r or ""), str(g), f, fast_path, alternate)
+        alternate = spec.alternate if compare else None
+        tasks = [GradeTask(i, reward_fn, str(r or ""), str(g), f, fast_path, alternate)
                  for i, (r, g, f) in enumerate(zip(responses, ground_truths, reasons))]
         with self._lock:
             if not self._workers:
                 raise RuntimeError("GradingPool is closed")
-            rows = self._run(tasks)
-        return [GradeResult(*row[1:-1]) for row in rows]
+            graded = self._run(tasks)
+        return [g.result for g in graded]
 
     # -- the loop: dispatch chunks to idle workers, collect rows, kill what is past its deadline
 
-    def _run(self, tasks: list[tuple]) -> list[tuple]:
-        rows: list[tuple | None] = [None] * len(tasks)
+    def _run(self, tasks: list[GradeTask]) -> list[Graded]:
+        rows: list[Graded | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         left = len(tasks)
         while left:
@@ -210,7 +237,7 @@ class GradingPool:
             left -= self._enforce_deadlines(tasks, rows, pending)
         return rows
 
-    def _dispatch(self, tasks: list[tuple], pending: deque) -> None:
+    def _dispatch(self, tasks: list[GradeTask], pending: deque) -> None:
         idle = [w for w in self._workers if w.ready and not w.inflight]
         for w in idle:
             if not pending:
@@ -229,16 +256,16 @@ class GradingPool:
         done = 0
         try:
             while w.conn.poll():
-                row = w.conn.recv()
+                message = w.conn.recv()
                 w.since = time.monotonic()
-                if row[0] == "ready":
+                if isinstance(message, WorkerReady):
                     w.ready, self._start_failures = True, 0
                     continue
                 idx = w.inflight.popleft()
-                assert idx == row[0], "worker answered out of order"
-                rows[idx] = row
+                assert idx == message.idx, "worker answered out of order"
+                rows[idx] = message
                 done += 1
-                if row[-1]:  # failed: the worker retires itself after such an item
+                if message.retire:  # failed: the worker retires itself after such an item
                     self._retire(w, pending)
                     return done
         except (EOFError, OSError):

@@ -18,7 +18,7 @@ import secrets
 import time
 from pathlib import Path
 
-from hf_sft.evaluation.runner import CATEGORIES
+from hf_sft.grading.registry import CATEGORIES
 
 CATEGORY_LABELS = {"correct": "correct", "wrong_answer": "wrong answer", "format_failure": "format failure"}
 

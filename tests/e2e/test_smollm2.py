@@ -138,9 +138,10 @@ def engine(smollm2_dir, tmp_path_factory):
 
 @pytest.mark.vllm
 def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(engine, model, tokenizer, tmp_path):
-    from hf_sft.evaluation.runner import CATEGORIES, EvalProblems, run_evaluation
+    from hf_sft.evaluation.runner import EvalProblems, run_evaluation
+    from hf_sft.grading.registry import CATEGORIES
     from hf_sft.generation.base import SamplingSettings
-    from hf_sft.grading.lenient import GradingPool
+    from hf_sft.grading.pool import GradingPool
     from hf_sft.report import build_run_report
     from hf_sft.generation.vllm import state_dict_for_push
 

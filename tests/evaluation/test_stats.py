@@ -12,7 +12,7 @@ from hf_sft.evaluation.stats import breakdown, disagreements, pass_at_k, samplin
 from hf_sft.evaluation.runner import EvalProblems, run_evaluation, summary_to_metrics
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.hf import HFGenerationBackend
-from hf_sft.grading.lenient import GradingPool
+from hf_sft.grading.pool import GradingPool
 from hf_sft.evaluation.results import eval_logs_dir
 
 

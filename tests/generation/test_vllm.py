@@ -176,7 +176,7 @@ def test_sampling_is_reproducible_and_independent_of_batching(engine, demo_asset
 def test_k_samples_per_problem_through_the_engine(engine, demo_assets, tmp_path):
     """eval_num_samples k: k copies of each prompt, each its own seed, so k distinct draws; pass@k and maj@k."""
     from hf_sft.evaluation.runner import EvalProblems, run_evaluation
-    from hf_sft.grading.lenient import GradingPool
+    from hf_sft.grading.pool import GradingPool
 
     _, rows = demo_assets
     prompts = prompts_from(rows)[:3]

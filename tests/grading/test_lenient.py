@@ -1,28 +1,22 @@
-"""The grader: equivalence table, formats, helpers, hostile answers, and the deadline pool."""
+"""The lenient graders: the equivalence table, answer extraction, format failures, question_only."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
 from hf_sft.grading.lenient import (
-    MAX_ANSWER_CHARS,
-    GradingPool,
     extract_answer,
     extract_ground_truth,
     extract_question_only_answer,
     format_failure_type,
-    grade_one,
-    last_boxed,
-    normalize_answer,
+    question_only_failure_type,
     question_only_reward_fn,
+    question_only_voting_key,
     r1_zero_lenient_reward_fn,
+    r1_zero_lenient_voting_key,
 )
+from hf_sft.grading.pool import GradingPool
 
 
 def r1(answer: str) -> str:
@@ -147,6 +141,12 @@ def test_fast_path_and_cas_agree_on_the_table():
         assert rewards["reward"] == expected[2], (response, ground_truth)
 
 
+@pytest.fixture(scope="module")
+def pool():
+    with GradingPool(num_workers=2) as p:
+        yield p
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -195,27 +195,6 @@ def test_extract_ground_truth(text, answer):
     assert extract_ground_truth(text) == answer
 
 
-def test_last_boxed_is_linear_on_deep_or_unclosed_nesting():
-    start = time.perf_counter()
-    assert last_boxed(r"\boxed{" * 50_000) is None
-    assert last_boxed(r"\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}") == "{" * 5000 + "1" + "}" * 5000
-    assert time.perf_counter() - start < 1.0
-
-
-@pytest.mark.parametrize("raw,normal", [
-    (r"$\dfrac{1}{2}$", r"\frac{1}{2}"),
-    (r"\left( 1,\! 2 \right)", "( 1, 2 )"),
-    (r"5\text{ cm}^2", "5"),
-    (r"\$1,234.50", "1234.50"),
-    (r"45^\circ", "45"),
-    (r"12.5\%", "12.5"),
-    (r"\boxed{x = 7}", "7"),
-    (r"\text{Sunday}", "Sunday"),
-])
-def test_normalize_answer(raw, normal):
-    assert normalize_answer(raw) == normal
-
-
 @pytest.mark.parametrize("response,ground_truth,expected", [
     (r"So the area is $\boxed{\frac{1}{2}}$.", "0.5", OK),
     (r"Maybe \boxed{3}, no: \boxed{4}.", "4", OK),
@@ -232,174 +211,20 @@ def test_question_only_reward_fn(response, ground_truth, expected):
     assert (extract_question_only_answer(response) is None) == (expected == BAD_FORMAT)
 
 
-def test_grade_one_carries_failure_type():
-    result = grade_one(" thinking without end", "72", finish_reason="length")
-    assert (result.reward, result.failure_type, result.timed_out, result.error) == (0.0, "incomplete_generation",
-                                                                                   False, None)
-    assert grade_one(r1("72"), GSM8K).rewards() == {"format_reward": 1.0, "answer_reward": 1.0, "reward": 1.0}
+@pytest.mark.parametrize("response,finish_reason,failure", [
+    (r"so \boxed{5}", "stop", None),
+    ("the total is 12", None, None),
+    ("I think", "length", "incomplete_generation"),
+    ("no number here", "stop", "missing_answer"),
+])
+def test_question_only_failure_type(response, finish_reason, failure):
+    assert question_only_failure_type(response, finish_reason) == failure
 
 
-# ---------------------------------------------------------------- hostile answers
-
-
-def hostile_answers(canary) -> list[str]:
-    touch = f"touch {canary}"
-    return [
-        f"import os; os.system('{touch}')",
-        f"__import__('os').system('{touch}')",
-        f"eval(\"__import__('os').system('{touch}')\")",
-        f"exec(\"open('{canary}', 'w').write('x')\")",
-        f"(lambda: __import__('subprocess').run(['touch', '{canary}']))()",
-        f"$__import__('os').system('{touch}')$",
-        rf"\boxed{{__import__('os').system('{touch}')}}",
-        f"1 + __import__('os').system('{touch}')",
-        "{0.__class__.__init__.__globals__}",
-        "{0.__class__}",
-        "%s%s%s%n",
-        "{{7*7}}",
-        r"\input{/etc/passwd}",
-        rf"\immediate\write18{{{touch}}}",
-        r"\def\x{\x}\x",
-        "9^9^9^9",
-        "10^{10^{10^{10}}}",
-        "2^{2^{100}}",
-        "99999999999!",
-        r"\binom{10^{10}}{5 \cdot 10^{9}}",
-        r"\prod_{i=1}^{10^{9}} i",
-        "1e999999999",
-        r"\infty^{\infty}",
-        r"e^{e^{e^{e^{e}}}}",
-        "{" * 5000 + "72" + "}" * 5000,
-        "{" * 12 + "7" + "}" * 12,
-        r"\frac{" * 40 + "1" + "}{2}" * 40,
-        "\x00" * 64,
-        "7\x002",
-        "72\x00",
-        "\u0667\u0662",  # Arabic-Indic 7 2
-        "\uff17\uff12",  # fullwidth 7 2
-        "\U0001d7d5\U0001d7d0",  # mathematical bold 7 2
-        "7\u200b2",  # zero-width space
-        "\u202e27",  # right-to-left override
-        "⁷²",
-        "9" * 100_000,
-        "7" + " " * 100_000 + "2",
-    ]
-
-
-def test_hostile_answers_in_process(tmp_path):
-    """On the main thread math-verify's alarms bound parsing; nothing executes, nothing is correct."""
-    canary = tmp_path / "CANARY"
-    for answer in hostile_answers(canary):
-        start = time.perf_counter()
-        rewards = r1_zero_lenient_reward_fn(r1(answer), "72")
-        assert time.perf_counter() - start < 12, answer[:50]
-        assert rewards["reward"] == 0.0, answer[:50]
-    assert not canary.exists()
-
-
-def test_hostile_answers_through_pool(tmp_path):
-    canary = tmp_path / "CANARY"
-    answers = hostile_answers(canary)
-    with GradingPool(timeout=3.0) as pool:
-        start = time.perf_counter()
-        results = pool.grade([r1(a) for a in answers], ["72"] * len(answers), reward_fn="r1_zero_lenient")
-        elapsed = time.perf_counter() - start
-    assert all(r.reward == 0.0 and r.format_reward == 1.0 for r in results)
-    assert elapsed < 3.0 * len(answers) / 2 + 10
-    assert not canary.exists()
-
-
-def test_infinity_never_equals_a_finite_truth():
-    """sympy's ``simplify(72 - oo**oo)`` is 0 under some hash seeds (4 is one): a reward hack if let through."""
-    code = ("from hf_sft.grading import lenient; lenient.MATH_VERIFY_TIMEOUT_S = None; "
-            "print(lenient.answers_equal(r'\\infty^{\\infty}', '72'), lenient.answers_equal(r'\\infty', r'\\infty'))")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "4"},
-                         capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
-
-
-def test_oversized_answer_is_refused_quickly():
-    start = time.perf_counter()
-    assert r1_zero_lenient_reward_fn(r1("1" * (MAX_ANSWER_CHARS + 1)), "1" * (MAX_ANSWER_CHARS + 1))["reward"] == 0.0
-    assert r1_zero_lenient_reward_fn(r1("x" * 100_000), "72")["reward"] == 0.0
-    assert time.perf_counter() - start < 0.5
-
-
-# ---------------------------------------------------------------- the pool
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with GradingPool(timeout=2.0, num_workers=2, _test_hooks=True) as p:
-        yield p
-
-
-def test_slow_item_times_out_and_later_items_grade(pool):
-    """The worker on the slow item is killed and replaced; the rest of its chunk goes to other workers."""
-    restarts = pool.restarts
-    responses = [r1(str(i)) for i in range(40)]
-    truths = [str(i) for i in range(40)]
-    truths[5] = "__sleep__:60"
-    start = time.perf_counter()
-    results = pool.grade(responses, truths, reward_fn="r1_zero_lenient")
-    assert time.perf_counter() - start < pool.timeout + 5
-    assert results[5].timed_out and results[5].reward == 0.0 and results[5].error is None
-    assert results[5].format_reward == 1.0  # the format is judged without the CAS
-    assert all(r.reward == 1.0 and not r.timed_out for i, r in enumerate(results) if i != 5)
-    assert pool.restarts == restarts + 1
-    assert pool.grade([r1("7")], ["7"])[0].reward == 1.0
-
-
-def test_dead_worker_is_an_error_not_a_hang(pool):
-    results = pool.grade([r1("1"), r1("2"), r1("3")], ["1", "__die__", "3"])
-    assert [r.reward for r in results] == [1.0, 0.0, 1.0]
-    assert results[1].error is not None and "exit code 3" in results[1].error
-    assert not results[1].timed_out
-
-
-def test_pool_from_a_thread(pool):
-    out: dict = {}
-
-    def work():
-        out["results"] = pool.grade([r1("0.5"), r1("x"), r1("9")], [r"\frac12", "__sleep__:60", "9"])
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join(timeout=20)
-    assert not thread.is_alive()
-    assert [(r.reward, r.timed_out) for r in out["results"]] == [(1.0, False), (0.0, True), (1.0, False)]
-
-
-def test_pool_question_only_and_finish_reasons(pool):
-    results = pool.grade([r"so \boxed{5}", "I think", " truncated </think> <answer> 5"], ["5", "5", "5"],
-                         reward_fn="question_only", finish_reasons=["stop", "length", "stop"])
-    assert [r.reward for r in results] == [1.0, 0.0, 1.0]
-    assert results[1].failure_type == "incomplete_generation"
-    r1_results = pool.grade([" truncated </think> <answer> 5"], ["5"], finish_reasons=["length"])
-    assert r1_results[0].failure_type == "incomplete_generation" and r1_results[0].format_reward == 0.0
-
-
-def test_pool_throughput_on_simple_numbers(pool):
-    n = 4000
-    start = time.perf_counter()
-    results = pool.grade([r1(str(i)) for i in range(n)], [f"#### {i if i % 4 else i + 1}" for i in range(n)])
-    rate = n / (time.perf_counter() - start)
-    assert sum(r.reward for r in results) == n - n // 4
-    assert rate > 500, f"{rate:.0f} items/s"  # ~15,000/s on an idle 2-core machine; CI machines are shared
-
-
-def test_pool_rejects_bad_arguments(pool):
-    assert pool.grade([], []) == []
-    with pytest.raises(ValueError):
-        pool.grade(["a"], ["1", "2"])
-    with pytest.raises(ValueError):
-        pool.grade(["a"], ["1"], reward_fn="nope")
-    with pytest.raises(ValueError):
-        GradingPool(start_method="fork")
-
-
-def test_closed_pool_refuses_work():
-    p = GradingPool(num_workers=1)
-    p.close()
-    with pytest.raises(RuntimeError):
-        p.grade([r1("1")], ["1"])
+def test_voting_keys_are_normalised_answers_and_bounded():
+    half = r"\frac{1}{2}"
+    assert r1_zero_lenient_voting_key(r1(r"\dfrac{1}{2}")) == r1_zero_lenient_voting_key(r1(r"\frac12")) == half
+    assert r1_zero_lenient_voting_key("no tags") is None
+    assert r1_zero_lenient_voting_key(r1("9" * 600)) is None  # over VOTE_MAX_CHARS: no real answer is that long
+    assert question_only_voting_key(r"so \boxed{1,234}") == question_only_voting_key("in all 1234") == "1234"
+    assert question_only_voting_key(None) is None

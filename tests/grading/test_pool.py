@@ -1,8 +1,10 @@
-"""The grader under attack: over a thousand hostile or pathological answers, generated deterministically,
-graded through GradingPool with a deadline. Nothing may execute, nothing may hang, nothing may score."""
+"""The deadline pool: its worker lifecycle (timeouts, deaths, threads, closing), its warm start, and the grader
+under attack: over a thousand hostile or pathological answers, generated deterministically, graded through
+GradingPool with a deadline. Nothing may execute, nothing may hang, nothing may score."""
 
 from __future__ import annotations
 
+import importlib
 import random
 import threading
 import time
@@ -10,7 +12,8 @@ import unicodedata
 
 import pytest
 
-from hf_sft.grading.lenient import GradingPool
+from hf_sft.grading import pool as pool_module
+from hf_sft.grading.pool import GradingPool, GradeTask, _grade_task
 
 GROUND_TRUTH = "72"
 OVERALL_BOUND_S = 540
@@ -178,3 +181,104 @@ def _python_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------- the pool's lifecycle
+
+
+def r1(answer: str) -> str:
+    return f" Let me work it out step by step. </think> <answer> {answer} </answer>"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with GradingPool(timeout=2.0, num_workers=2, _test_hooks=True) as p:
+        yield p
+
+
+def test_slow_item_times_out_and_later_items_grade(pool):
+    """The worker on the slow item is killed and replaced; the rest of its chunk goes to other workers."""
+    restarts = pool.restarts
+    responses = [r1(str(i)) for i in range(40)]
+    truths = [str(i) for i in range(40)]
+    truths[5] = "__sleep__:60"
+    start = time.perf_counter()
+    results = pool.grade(responses, truths, reward_fn="r1_zero_lenient")
+    assert time.perf_counter() - start < pool.timeout + 5
+    assert results[5].timed_out and results[5].reward == 0.0 and results[5].error is None
+    assert results[5].format_reward == 1.0  # the format is judged without the CAS
+    assert all(r.reward == 1.0 and not r.timed_out for i, r in enumerate(results) if i != 5)
+    assert pool.restarts == restarts + 1
+    assert pool.grade([r1("7")], ["7"])[0].reward == 1.0
+
+
+def test_dead_worker_is_an_error_not_a_hang(pool):
+    results = pool.grade([r1("1"), r1("2"), r1("3")], ["1", "__die__", "3"])
+    assert [r.reward for r in results] == [1.0, 0.0, 1.0]
+    assert results[1].error is not None and "exit code 3" in results[1].error
+    assert not results[1].timed_out
+
+
+def test_pool_from_a_thread(pool):
+    out: dict = {}
+
+    def work():
+        out["results"] = pool.grade([r1("0.5"), r1("x"), r1("9")], [r"\frac12", "__sleep__:60", "9"])
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert [(r.reward, r.timed_out) for r in out["results"]] == [(1.0, False), (0.0, True), (1.0, False)]
+
+
+def test_pool_question_only_and_finish_reasons(pool):
+    results = pool.grade([r"so \boxed{5}", "I think", " truncated </think> <answer> 5"], ["5", "5", "5"],
+                         reward_fn="question_only", finish_reasons=["stop", "length", "stop"])
+    assert [r.reward for r in results] == [1.0, 0.0, 1.0]
+    assert results[1].failure_type == "incomplete_generation"
+    r1_results = pool.grade([" truncated </think> <answer> 5"], ["5"], finish_reasons=["length"])
+    assert r1_results[0].failure_type == "incomplete_generation" and r1_results[0].format_reward == 0.0
+
+
+def test_pool_throughput_on_simple_numbers(pool):
+    n = 4000
+    start = time.perf_counter()
+    results = pool.grade([r1(str(i)) for i in range(n)], [f"#### {i if i % 4 else i + 1}" for i in range(n)])
+    rate = n / (time.perf_counter() - start)
+    assert sum(r.reward for r in results) == n - n // 4
+    assert rate > 500, f"{rate:.0f} items/s"  # ~15,000/s on an idle 2-core machine; CI machines are shared
+
+
+def test_pool_rejects_bad_arguments(pool):
+    assert pool.grade([], []) == []
+    with pytest.raises(ValueError):
+        pool.grade(["a"], ["1", "2"])
+    with pytest.raises(ValueError):
+        pool.grade(["a"], ["1"], reward_fn="nope")
+    with pytest.raises(ValueError):
+        GradingPool(start_method="fork")
+
+
+def test_closed_pool_refuses_work():
+    p = GradingPool(num_workers=1)
+    p.close()
+    with pytest.raises(RuntimeError):
+        p.grade([r1("1")], ["1"])
+
+
+def test_forkserver_preload_names_all_import():
+    """CPython's forkserver skips a preload name that fails to import, silently losing the warm start."""
+    for name in pool_module.PRELOAD:
+        if name != "__main__":
+            importlib.import_module(name)
+    assert "hf_sft.grading.registry" in pool_module.PRELOAD and pool_module.__name__ in pool_module.PRELOAD
+
+
+def test_a_worker_task_grades_with_the_alternate_grader_in_process():
+    """The worker's per-item function, run here: the answer the two r1_zero graders disagree on."""
+    task = GradeTask(0, "r1_zero", " a </think>\n<answer> 72 </answer>", "72", "stop", True, "r1_zero_lenient")
+    graded = _grade_task(task, test_hooks=False)
+    assert (graded.idx, graded.retire) == (0, False)
+    assert (graded.result.reward, graded.result.failure_type, graded.result.alternate_reward) == (
+        0.0, "think_answer_separator", 1.0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from hf_sft.grading.lenient import GradingPool, grade_one, r1_zero_lenient_reward_fn
+from hf_sft.grading.lenient import r1_zero_lenient_reward_fn
+from hf_sft.grading.pool import GradingPool
+from hf_sft.grading.registry import grade_one
 from hf_sft.grading.reference import format_failure_type, normalized_answer, r1_zero_reward_fn
 from hf_sft.grading.reference_normalize import mathd_normalize
 from hf_sft.grading.safe_expr import ParseError, parse
