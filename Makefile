@@ -60,7 +60,9 @@ VLLM_CPU ?= 1
 # two at a time halve the wall time. Tests that share a module-scoped run are grouped (xdist_group) and the
 # slow ones start first (tests/conftest.py). TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= 2
+# lint-imports first: a wrong-way import between wings (pyproject.toml's [tool.importlinter]) fails in seconds.
 test: install smollm2 $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) \
 		--durations=15
 

@@ -99,14 +99,28 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     if preemption.preempted:
         logger.warning("Preempted at step %d; a checkpoint is in %s. Resume with the same command plus "
                        "--resume_from_checkpoint auto", trainer.state.global_step, training_args.output_dir)
-        return trainer
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        logger.info("Saved model, tokenizer and trainer_state.json to %s", training_args.output_dir)
-        if (Path(training_args.output_dir) / "results").is_dir():
-            build_run_report(training_args.output_dir)  # plots + report.md of the eval curve
+    else:
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            logger.info("Saved model, tokenizer and trainer_state.json to %s", training_args.output_dir)
+            if (Path(training_args.output_dir) / "results").is_dir():
+                build_run_report(training_args.output_dir)  # plots + report.md of the eval curve
+    end_distributed(trainer)
     return trainer
+
+
+def end_distributed(trainer) -> None:
+    """Once every rank is done, destroy the process group while Python is still whole.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive the objects they hold and abort the
+    process (``terminate called without an active exception``, SIGABRT: pytorch/pytorch#179291); accelerate's
+    ``end_training`` is the documented last call. Only on success: a rank that raised skips it, since
+    destroying while the others sit in a collective would hang them. The barrier keeps rank 1 from leaving
+    while rank 0 still saves and reports.
+    """
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 def cli() -> None:
