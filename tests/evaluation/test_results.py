@@ -15,8 +15,8 @@ import textwrap
 
 import pytest
 
-from hf_sft.report import build_run_report
 from hf_sft.evaluation.results import completed_eval_steps, eval_logs_dir, read_summaries, write_eval_results
+from hf_sft.reporting.run_report import build_run_report
 from tests.helpers import REPO_ROOT, record, summary
 
 CHILD = textwrap.dedent("""
@@ -72,3 +72,4 @@ def test_a_crash_mid_eval_leaves_earlier_evals_intact_and_readable(tmp_path, kil
     assert [s["eval_step"] for s in read_summaries(run_dir)] == [0, 10]
     [log10] = logs.glob("eval_step_10_*.jsonl")
     assert len(log10.read_text().splitlines()) == 1
+
