@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hf_sft.evaluation.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text, latest_summaries
 from hf_sft.reporting import plots
 from hf_sft.reporting.runs import RunRef
 from hf_sft.reporting.tables import format_interval, markdown_table
@@ -25,7 +25,7 @@ def comparison_rows(runs: list[RunRef]) -> list[dict]:
     accuracy per subject and level under ``subject:NAME`` / ``level:NAME`` keys."""
     rows = []
     for ref in runs:
-        summaries = plots.load_summaries(ref.run_dir)
+        summaries = latest_summaries(ref.run_dir)
         accs = [(s["metrics"].get("accuracy"), s["eval_step"]) for s in summaries
                 if s["metrics"].get("accuracy") is not None]
         best = max(accs, key=lambda a: (a[0], -a[1])) if accs else (None, None)
@@ -73,7 +73,7 @@ def build_comparison(runs: list[RunRef], out_dir, quiet: bool = False) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(runs)
-    plots.plot_accuracy_comparison([(r.label, plots.load_summaries(r.run_dir)) for r in runs],
+    plots.plot_accuracy_comparison([(r.label, latest_summaries(r.run_dir)) for r in runs],
                                    out_dir / "accuracy_curves.png")
     plots.plot_final_best(rows, out_dir / "final_best.png")
     text = "# Runs compared\n\n" + markdown_table(rows, COMPARISON_COLUMNS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hf_sft.evaluation.results import atomic_write_text
+from hf_sft.evaluation.results import atomic_write_text, latest_summaries, read_eval_records
 from hf_sft.reporting import plots
 from hf_sft.reporting.html import render_report
 from hf_sft.reporting.tables import breakdown_markdown, breakdown_rows, grader_note, markdown_table, run_columns, \
@@ -20,7 +20,7 @@ def build_run_report(run_dir, out_dir=None, quiet: bool = False) -> Path:
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = plots.load_summaries(run_dir)
+    summaries = latest_summaries(run_dir)
     rows = summary_rows(summaries)
     table = markdown_table(rows, run_columns(rows)) if rows else "(no evaluation written yet)"
     last = summaries[-1] if summaries else {}
@@ -35,7 +35,7 @@ def build_run_report(run_dir, out_dir=None, quiet: bool = False) -> Path:
         ", ".join(f"{k}={v}" for k, v in sampling.items() if k in ("temperature", "top_p", "max_new_tokens")),
     ) if x)
     breakdowns = {field: breakdown_rows(last, field) for field in ("subject", "level")}
-    page = render_report(f"hf-sft run {run_dir.name}", subtitle, rows, plot_paths, plots.load_records(run_dir),
+    page = render_report(f"hf-sft run {run_dir.name}", subtitle, rows, plot_paths, read_eval_records(run_dir),
                          breakdowns={f: r for f, r in breakdowns.items() if r},
                          note=grader_note(summaries) if summaries else "")
     report = out_dir / "report.html"
