@@ -1,13 +1,16 @@
-"""`python -m hf_sft.report`: a run's plots, table and self-contained page; --compare; argument errors."""
+"""`python -m hf_sft.report`: a run's plots, table and self-contained page; --compare; argument errors; and the
+command never imports torch (it reads what runs wrote to disk, on a machine that may have no torch at all)."""
 
 from __future__ import annotations
 
 import html
+import subprocess
+import sys
 
 import pytest
 
 from hf_sft.report import main as report_main
-from tests.helpers import HOSTILE, make_run, parse
+from tests.helpers import HOSTILE, REPO_ROOT, make_run, parse
 
 
 def test_run_report_writes_plots_table_and_a_self_contained_page(tmp_path, capsys):
@@ -57,3 +60,9 @@ def test_argument_errors(tmp_path, capsys):
     recipe.write_text("learning_rate: 1.0e-4\n")
     assert report_main(["--compare", str(recipe)]) == 2
     assert "the recipe sets no output_dir" in capsys.readouterr().err
+
+
+def test_the_command_imports_neither_torch_nor_transformers():
+    code = "import sys, hf_sft.report; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    assert out.strip() == "[]"
