@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from hf_sft.report import RunRef, build_comparison, build_run_report, is_base_recipe, run_ref
+from hf_sft.reporting.comparison import build_comparison
+from hf_sft.reporting.run_report import build_run_report
+from hf_sft.reporting.runs import RunRef, is_base_recipe, run_ref
 
 # Runs start in the caller's directory, like a user's command: recipe paths are relative to it.
 DEFAULT_LAUNCHER = shlex.join([sys.executable, str(Path(__file__).resolve().parent / "train.py")])

@@ -26,8 +26,9 @@ from hf_sft.data.loading import prepare_train_dataset
 from hf_sft.evaluation.from_recipe import add_eval_callback
 from hf_sft.training.devices import isolate_training_gpus
 from hf_sft.training.modeling import load_model, load_tokenizer
-from hf_sft.training.preemption import PreemptionCallback, latest_complete_checkpoint
-from hf_sft.report import build_run_report
+from hf_sft.training.checkpoints import latest_complete_checkpoint
+from hf_sft.training.preemption import PreemptionCallback
+from hf_sft.reporting.run_report import build_run_report
 from hf_sft.training.tracking import use_project_trackers
 from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 

@@ -1,15 +1,19 @@
-"""Builders the tests share: tiny models, a shrunk demo trainer, result records. Plain functions
-(fixtures stay in conftest.py), so that no test module imports another test module."""
+"""Builders the tests share: tiny models, a shrunk demo trainer, result records and a run on disk built from them,
+and a parser of the report page. Plain functions (fixtures stay in conftest.py), so that no test module imports
+another test module."""
 
 from __future__ import annotations
 
 import json
 import os
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
 
 from hf_sft.core import tokenize_prompt_and_output
+from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
 from hf_sft.evaluation.stats import breakdown, wilson_interval
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,3 +206,62 @@ def summary(step: int, records: list[dict]) -> dict:
         "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 80}, "model": "tiny", "dataset": "test",
         "backend": "hf", "wall_time_s": 1.0, "finished_at": "2026-01-01T00:00:00",
     }
+
+
+# ---------------------------------------------------------------- a run on disk, and its report page
+
+HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\"> </think>"
+
+
+def make_run(run_dir: Path, accuracies=(0.0, 0.5, 0.75), steps=(0, 10, 20)) -> Path:
+    """A run with three evals (one with a hostile response), a torn summary and a torn log line, and
+    trainer_state.json, as a crash in the middle of a fourth eval would leave it."""
+    for step, acc in zip(steps, accuracies):
+        n_correct = int(acc * 4)
+        records = [record(i, "correct") for i in range(n_correct)]
+        records += [record(n_correct, "wrong_answer", response=HOSTILE + " <answer> 0 </answer>")]
+        records += [record(i, "format_failure", "missing_answer_close") for i in range(n_correct + 1, 4)]
+        write_eval_results(run_dir, step, records, summary(step, records))
+    logs = eval_logs_dir(run_dir)
+    (logs / "summary_eval_step_30_20990101-000000.json").write_text('{"eval_step": 30, "metr')  # torn
+    with open(next(logs.glob(f"eval_step_{steps[-1]}_*.jsonl")), "a") as f:
+        f.write('{"index": 99, "categ')  # torn last line
+    history = [{"step": s, "loss": 3.0 / s, "entropy": 2.0, "token_accuracy": s / 30} for s in range(1, 21)]
+    (run_dir / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    return run_dir
+
+
+class ExampleParser(HTMLParser):
+    """Collects the example <article>s: attributes, hidden or not, and the text of their <pre>s."""
+
+    def __init__(self):
+        super().__init__()
+        self.examples, self.title, self._in_title, self._pre = [], "", False, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "article" and "ex" in attrs.get("class", "").split():
+            self.examples.append({**attrs, "hidden": "hidden" in attrs, "texts": []})
+        elif tag == "pre" and self.examples:
+            self._pre = []
+        elif tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag):
+        if tag == "pre" and self._pre is not None:
+            self.examples[-1]["texts"].append("".join(self._pre))
+            self._pre = None
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._pre is not None:
+            self._pre.append(data)
+        if self._in_title:
+            self.title += data
+
+
+def parse(page: str) -> ExampleParser:
+    parser = ExampleParser()
+    parser.feed(page)
+    return parser

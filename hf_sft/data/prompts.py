@@ -1,10 +1,15 @@
-"""Prompt templates live as plain files in prompts/; a template holds one `{question}` slot."""
+"""Prompt templates live as plain files in prompts/; a template holds one `{question}` slot.
+
+They are found through ``hf_sft/prompts``: in a checkout a symlink to the top-level prompts/, in an installed
+wheel a directory of copies (see pyproject.toml), so a template loads the same way in both.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+# resolved: in a checkout, paths in messages are the prompts/ ones that recipes and the README name
+PROMPTS_DIR = (Path(__file__).resolve().parents[1] / "prompts").resolve()
 
 
 def load_template(name_or_path: str) -> str:

@@ -1,16 +1,22 @@
-"""The only writer under a run's results/: per-example eval logs and summaries, written atomically.
+"""The only writer under a run's results/: per-example eval logs and summaries, written atomically; and their
+readers, so that the file names are known here alone.
 
 A file either exists complete or not at all (temp file + fsync + rename), so a crash mid-eval
-leaves earlier evals intact and readable by the plotting code.
+leaves earlier evals intact and readable by the plotting code. Imports neither torch nor transformers:
+the reporting wing reads runs through this module.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
+
+# eval_step_{N}_{T}.jsonl, as write_eval_results names a per-example log (T: its timestamp).
+EVAL_LOG_NAME = re.compile(r"^eval_step_(\d+)_(.+)\.jsonl$")
 
 
 def eval_logs_dir(output_dir: str | os.PathLike) -> Path:
@@ -73,7 +79,48 @@ def read_summaries(output_dir) -> list[dict]:
     summaries = []
     for path in sorted(eval_logs_dir(output_dir).glob("summary_eval_step_*.json")):
         try:
-            summaries.append(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if isinstance(data, dict):  # valid JSON that is no summary (an array, a number) is skipped too
+            summaries.append(data)
     return sorted(summaries, key=lambda s: s.get("eval_step", 0))
+
+
+def latest_summaries(output_dir) -> list[dict]:
+    """Readable summaries, one per eval step (the latest when a step was evaluated twice), by step."""
+    by_step = {}
+    for s in read_summaries(output_dir):
+        if isinstance(s.get("eval_step"), int) and isinstance(s.get("metrics"), dict):
+            by_step[s["eval_step"]] = s  # read_summaries is sorted by step, then file name (timestamp)
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def latest_eval_logs(output_dir) -> dict[int, Path]:
+    """The per-example log of each evaluated step (the latest when a step was evaluated twice), by step."""
+    latest: dict[int, Path] = {}
+    for path in sorted(eval_logs_dir(output_dir).glob("eval_step_*.jsonl")):
+        m = EVAL_LOG_NAME.match(path.name)
+        if m:
+            latest[int(m.group(1))] = path
+    return dict(sorted(latest.items()))
+
+
+def read_eval_records(output_dir) -> dict[int, list[dict]]:
+    """Per-example eval records by step (the latest log of a step); lines that do not parse are skipped."""
+    out = {}
+    for step, path in latest_eval_logs(output_dir).items():
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        out[step] = records
+    return out

@@ -1,15 +1,14 @@
 """Plots of how a run's evaluations progress, and of several runs side by side (PNG, matplotlib Agg).
 
-Reads only what a run has on disk: its results/ (through ``hf_sft.evaluation.results.read_summaries``) and, for the
-training curves, ``trainer_state.json``. A run may be half-written (still training, or killed): a missing
-or unreadable summary is skipped, a per-example log line that does not parse is skipped, and a plot with
-nothing to show is not drawn, so a report can be built at any moment of a run.
+Reads only what a run has on disk: its results/ (through ``hf_sft.evaluation.results``) and, for the
+training curves, ``trainer_state.json`` (the run's, or its newest checkpoint's). A run may be half-written
+(still training, or killed): a missing or unreadable summary is skipped, a per-example log line that does not
+parse is skipped, and a plot with nothing to show is not drawn, so a report can be built at any moment of a run.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import matplotlib
@@ -17,56 +16,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hf_sft.evaluation.results import eval_logs_dir, read_summaries  # noqa: E402
+from hf_sft.evaluation.results import latest_summaries  # noqa: E402
+from hf_sft.training.checkpoints import checkpoint_dirs  # noqa: E402
 
 CATEGORY_COLORS = {"correct": "#2e7d32", "wrong_answer": "#f9a825", "format_failure": "#c62828"}
-_LOG_NAME = re.compile(r"^eval_step_(\d+)_(.+)\.jsonl$")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ---------------------------------------------------------------- reading a run
 
 
-def load_summaries(run_dir) -> list[dict]:
-    """Readable summaries, one per eval step (the latest when a step was evaluated twice), by step."""
-    by_step = {}
-    for s in read_summaries(run_dir):
-        if isinstance(s, dict) and isinstance(s.get("eval_step"), int) and isinstance(s.get("metrics"), dict):
-            by_step[s["eval_step"]] = s  # read_summaries is sorted by step, then file name (timestamp)
-    return [by_step[k] for k in sorted(by_step)]
-
-
-def load_records(run_dir) -> dict[int, list[dict]]:
-    """Per-example eval records by step (the latest log of a step); lines that do not parse are skipped."""
-    latest: dict[int, Path] = {}
-    for path in sorted(eval_logs_dir(run_dir).glob("eval_step_*.jsonl")):
-        m = _LOG_NAME.match(path.name)
-        if m:
-            latest[int(m.group(1))] = path
-    out = {}
-    for step, path in sorted(latest.items()):
-        records = []
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        out[step] = records
-    return out
-
-
 def load_train_history(run_dir) -> list[dict]:
     """Training log entries (those with a loss) from trainer_state.json, or the newest checkpoint's."""
     run_dir = Path(run_dir)
-    candidates = [run_dir / "trainer_state.json"]
-    checkpoints = [p for p in run_dir.glob("checkpoint-*/trainer_state.json") if _CHECKPOINT.match(p.parent.name)]
-    candidates += sorted(checkpoints, key=lambda p: int(_CHECKPOINT.match(p.parent.name).group(1)), reverse=True)
+    candidates = [run_dir / "trainer_state.json"] + [p / "trainer_state.json" for _, p in checkpoint_dirs(run_dir)]
     for path in candidates:
         try:
             history = json.loads(path.read_text()).get("log_history", [])
@@ -246,7 +208,7 @@ RUN_PLOTS = {
 
 def plot_run(run_dir, out_dir) -> list[Path]:
     """Every plot this run's files allow, written into out_dir; [] when nothing has been evaluated yet."""
-    summaries = load_summaries(run_dir)
+    summaries = latest_summaries(run_dir)
     paths = [fn(summaries, Path(out_dir) / name) for name, fn in RUN_PLOTS.items()] if summaries else []
     for field in ("subject", "level"):
         if any(s.get(f"by_{field}") for s in summaries):
@@ -273,7 +235,7 @@ def plot_accuracy_comparison(runs: list[tuple[str, list[dict]]], path) -> Path:
 
 
 def plot_final_best(rows: list[dict], path) -> Path:
-    """Bars of final and best accuracy per run (rows from ``report.comparison_rows``)."""
+    """Bars of final and best accuracy per run (rows from ``comparison.comparison_rows``)."""
     fig, ax = plt.subplots(figsize=(7.2, 3.8))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["final_accuracy"] or 0 for r in rows], width=0.4, label="final")

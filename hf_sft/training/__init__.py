@@ -1,2 +1,2 @@
 """What runs in and around the optimizer loop: the SFTTrainer and its loss, padding-free packing, model loading,
-devices, preemption, trackers."""
+devices, checkpoints and preemption, trackers."""

@@ -1,5 +1,5 @@
-"""Surviving preemption: SIGTERM -> checkpoint at the next step boundary, and resume from the newest
-complete checkpoint.
+"""Surviving preemption: SIGTERM -> checkpoint at the next step boundary (resuming from the newest complete
+checkpoint is ``checkpoints.latest_complete_checkpoint``).
 
 Slurm (and most schedulers) send SIGTERM some time before killing a job. The handler only sets a flag;
 the callback turns it into `should_save` + `should_training_stop` at the next step end, so the
@@ -13,41 +13,14 @@ cost is one 4-byte all-reduce per optimizer step (and the host sync it implies).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import signal
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) parses.
-
-    A checkpoint killed while being written lacks it, or holds a truncated one: never chosen.
-    """
-    directory = Path(output_dir)
-    if not directory.is_dir():
-        return None
-    steps = sorted(((int(m.group(1)), p) for p in directory.iterdir()
-                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
-    for step, path in steps:
-        state = path / "trainer_state.json"
-        try:
-            if json.loads(state.read_text()).get("global_step") == step:
-                return str(path)
-        except (OSError, json.JSONDecodeError):
-            pass
-        logger.warning("Skipping incomplete checkpoint %s", path)
-    return None
 
 
 class PreemptionCallback(TrainerCallback):

@@ -13,27 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_sft.training.preemption import latest_complete_checkpoint
+from hf_sft.training.checkpoints import latest_complete_checkpoint
 from tests.helpers import REPO_ROOT
 
 SMALL = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "steps",
          "--save_steps", "4", "--eval_steps", "4", "--eval_num_examples", "16", "--eval_max_new_tokens", "56",
          "--eval_batch_size", "16"]
-
-
-def test_latest_complete_checkpoint_never_picks_a_half_written_one(tmp_path):
-    def make(step, state):
-        d = tmp_path / f"checkpoint-{step}"
-        d.mkdir()
-        if state is not None:
-            (d / "trainer_state.json").write_text(state)
-
-    make(2, json.dumps({"global_step": 2}))
-    make(4, None)                      # killed before the state was written
-    make(6, '{"global_step": 6, "log_')  # killed while writing it
-    (tmp_path / "checkpoint-8.tmp").mkdir()
-    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    assert latest_complete_checkpoint(tmp_path / "missing") is None
 
 
 def start(out: Path, env, extra=()):

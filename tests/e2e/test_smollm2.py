@@ -142,7 +142,7 @@ def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(eng
     from hf_sft.grading.registry import CATEGORIES
     from hf_sft.generation.base import SamplingSettings
     from hf_sft.grading.pool import GradingPool
-    from hf_sft.report import build_run_report
+    from hf_sft.reporting.run_report import build_run_report
     from hf_sft.generation.vllm import state_dict_for_push
 
     prompts = [r1_zero(q) for q, _ in PROBLEMS]

@@ -15,8 +15,9 @@ import textwrap
 
 import pytest
 
-from hf_sft.report import build_run_report
-from hf_sft.evaluation.results import completed_eval_steps, eval_logs_dir, read_summaries, write_eval_results
+from hf_sft.evaluation.results import completed_eval_steps, eval_logs_dir, latest_summaries, read_eval_records, \
+    read_summaries, write_eval_results
+from hf_sft.reporting.run_report import build_run_report
 from tests.helpers import REPO_ROOT, record, summary
 
 CHILD = textwrap.dedent("""
@@ -72,3 +73,25 @@ def test_a_crash_mid_eval_leaves_earlier_evals_intact_and_readable(tmp_path, kil
     assert [s["eval_step"] for s in read_summaries(run_dir)] == [0, 10]
     [log10] = logs.glob("eval_step_10_*.jsonl")
     assert len(log10.read_text().splitlines()) == 1
+
+
+def test_readers_take_the_latest_eval_of_a_step_and_skip_what_does_not_parse(tmp_path):
+    first, again = [record(0, "wrong_answer")], [record(0, "correct"), record(1, "correct")]
+    write_eval_results(tmp_path, 0, first, summary(0, first))
+    logs = eval_logs_dir(tmp_path)
+    for path in logs.iterdir():  # the same step evaluated again a second later: its files sort after
+        path.rename(path.with_name(path.name.replace("_2", "_1", 1)))
+    write_eval_results(tmp_path, 0, again, summary(0, again))
+    (logs / "summary_eval_step_5_20990101-000000.json").write_text("[1, 2]")  # parses, but no summary
+    (logs / "eval_step_x_20990101-000000.jsonl").write_text("{}\n")  # not a name the writer gives
+    with open(next(logs.glob("eval_step_0_2*.jsonl")), "a") as f:
+        f.write('[]\n{"index": 9, "categ')  # a line that is no record, and a torn one
+    assert [s["total_examples"] for s in latest_summaries(tmp_path)] == [2]
+    assert {step: [r["index"] for r in records] for step, records in read_eval_records(tmp_path).items()} == {0: [0, 1]}
+
+
+def test_imports_neither_torch_nor_transformers():
+    code = ("import sys, hf_sft.evaluation.results; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    assert out.strip() == "[]"
