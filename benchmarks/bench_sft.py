@@ -93,7 +93,7 @@ def build_data(args, workdir: Path):
     tokenised dataset in a fixed shuffled order. GSM8K records are formatted with the r1_zero prompt."""
     from transformers import AutoTokenizer
 
-    from hf_sft.data.builtin import build_bpe_tokenizer
+    from hf_sft.data.builtin_tokenizer import build_bpe_tokenizer
     from hf_sft.config import DataArguments
     from hf_sft.data.loading import prepare_train_dataset
 

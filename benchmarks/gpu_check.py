@@ -99,7 +99,7 @@ def free_memory() -> None:
 def build_tokenizer(workdir: Path):
     from transformers import AutoTokenizer
 
-    from hf_sft.data.builtin import build_bpe_tokenizer
+    from hf_sft.data.builtin_tokenizer import build_bpe_tokenizer
 
     corpus = workdir / "corpus.txt"
     corpus.write_text("\n".join(f"User: What is {a} + {b}? Assistant: <think> {a} + {b} = {a + b} </think> "

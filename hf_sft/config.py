@@ -10,16 +10,11 @@ from __future__ import annotations
 import difflib
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from hf_sft.grading.registry import REWARD_FN_NAMES, REWARD_SPECS
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be run as written; the message names the file and key."""
+from hf_sft.recipe_files import RecipeError, load_recipe_file
 
 
 @dataclass
@@ -205,25 +200,6 @@ RECIPE_DATACLASSES = (ModelArguments, DataArguments, EvalArguments, SFTConfig)
 
 def _known_keys(parser: HfArgumentParser) -> set[str]:
     return {action.dest for action in parser._actions if action.dest != "help"}
-
-
-def load_recipe_file(path: str | Path) -> dict:
-    """Read a recipe YAML; ``base:`` (a path relative to the file) is merged underneath it."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is not None:
-        merged = load_recipe_file(path.parent / base)
-        merged.update(data)
-        data = merged
-    return data
 
 
 def _unknown(what: str, name: str, known) -> RecipeError:

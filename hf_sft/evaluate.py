@@ -22,7 +22,8 @@ if __package__ in (None, ""):
 import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
-from hf_sft.config import EvalArguments, load_recipe_file
+from hf_sft.config import EvalArguments
+from hf_sft.recipe_files import load_recipe_file
 from hf_sft.evaluation.from_recipe import eval_problems, sampling_settings
 from hf_sft.evaluation.runner import run_evaluation
 from hf_sft.generation.hf import HFGenerationBackend

@@ -53,7 +53,7 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_tokenizer(tmp_path_factory):
     """A byte-level BPE trained on the fly on a small math corpus (like Qwen's, much smaller)."""
-    from hf_sft.data.builtin import build_bpe_tokenizer
+    from hf_sft.data.builtin_tokenizer import build_bpe_tokenizer
     from transformers import AutoTokenizer
 
     corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"

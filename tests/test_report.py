@@ -62,7 +62,27 @@ def test_argument_errors(tmp_path, capsys):
     assert "the recipe sets no output_dir" in capsys.readouterr().err
 
 
-def test_the_command_imports_neither_torch_nor_transformers():
-    code = "import sys, hf_sft.report; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
-    assert out.strip() == "[]"
+TORCH_FREE_CHECK = """
+import importlib, pkgutil, sys
+import hf_sft.grading, hf_sft.reporting
+for wing in (hf_sft.grading, hf_sft.reporting):
+    for info in pkgutil.iter_modules(wing.__path__, wing.__name__ + "."):
+        importlib.import_module(info.name)
+from hf_sft.report import main
+assert main([sys.argv[1]]) == 0
+assert main(["--compare", sys.argv[2], sys.argv[1], "--out", sys.argv[3]]) == 0
+print(sorted(m for m in ("torch", "transformers", "accelerate", "datasets") if m in sys.modules))
+"""
+
+
+def test_grading_reporting_and_the_command_never_load_torch(tmp_path):
+    """Every module of both wings imported, a finished run reported and two runs compared (one named by its
+    recipe), in a fresh interpreter: torch and the HF training stack stay out of sys.modules."""
+    run, other = make_run(tmp_path / "run"), make_run(tmp_path / "other", accuracies=(0.0, 0.25, 0.5))
+    recipe = tmp_path / "other.yaml"
+    recipe.write_text(f"output_dir: {other}\ntrain_data: builtin:addition/train\n")
+    out = subprocess.run([sys.executable, "-c", TORCH_FREE_CHECK, str(run), str(recipe), str(tmp_path / "cmp")],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (run / "report" / "report.html").is_file() and any((tmp_path / "cmp").iterdir())

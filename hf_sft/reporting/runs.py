@@ -45,7 +45,7 @@ def run_ref(spec: str) -> RunRef:
     """A run directory, or a recipe YAML (label = its file name, size and output_dir read from it)."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        from hf_sft.config import load_recipe_file
+        from hf_sft.recipe_files import load_recipe_file
 
         recipe = load_recipe_file(path)
         if not recipe.get("output_dir"):

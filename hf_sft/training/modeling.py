@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from hf_sft.data import builtin
+from hf_sft.data import builtin_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def load_tokenizer(model_args):
     ref = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if ref is None:
         raise ModelLoadError("the recipe sets neither tokenizer_name_or_path nor model_name_or_path")
-    ref = builtin.resolve(ref)
+    ref = builtin_tokenizer.resolve(ref)
     _check_local(ref, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token is None:

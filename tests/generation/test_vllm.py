@@ -43,9 +43,9 @@ def tiny_qwen2_config(vocab_size: int):
 def demo_assets():
     from transformers import AutoTokenizer
 
-    from hf_sft.data import builtin
+    from hf_sft.data import builtin, builtin_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin.resolve("builtin:addition-bpe"))
+    tokenizer = AutoTokenizer.from_pretrained(builtin_tokenizer.resolve("builtin:addition-bpe"))
     with open(builtin.resolve("builtin:addition/train")) as f:
         rows = [json.loads(line) for _, line in zip(range(64), f)]
     return tokenizer, rows
