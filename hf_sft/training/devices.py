@@ -7,7 +7,7 @@ padding-free row and its ``cu_seq_lens`` are scattered inconsistently, the micro
 replica lands on the eval GPU. So a single training process is shown its training GPU only
 (``CUDA_VISIBLE_DEVICES``, set before CUDA is initialised: ``TrainingArguments.__post_init__`` already
 touches ``self.device``), and the eval GPU's physical index is kept in ``EVAL_VISIBLE_ENV`` for the
-eval worker, which inherits the environment and selects it (``vllm_backend.select_device``).
+eval worker, which inherits the environment and selects it (``hf_sft.generation.vllm.select_device``).
 
 Under DDP/FSDP/ZeRO (``WORLD_SIZE`` > 1) every rank trains on ``cuda:LOCAL_RANK`` and ``n_gpu`` is 1
 already; visibility is left alone, and an ``eval_device`` that a rank trains on is refused.
