@@ -30,7 +30,8 @@ from hf_sft.evaluation.results import completed_eval_steps, write_eval_failure
 from hf_sft.evaluation.runner import summary_to_metrics
 from hf_sft.evaluation.snapshots import (SharedWeights, SnapshotMemoryError, SnapshotPool, check_shared_memory,
                                          snapshot_bytes, torch_dtype, write_engine_model_dir)
-from hf_sft.evaluation.worker import EvalLost, WorkerSpec, WorkerSupervisor
+from hf_sft.evaluation.messages import WorkerSpec
+from hf_sft.evaluation.worker import EvalLost, WorkerSupervisor
 from hf_sft.generation.vllm import trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
 from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.evaluation.snapshots import write_engine_model_dir
-from hf_sft.evaluation.worker import WorkerSpec
+from hf_sft.evaluation.messages import WorkerSpec
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
 

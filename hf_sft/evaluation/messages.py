@@ -1,6 +1,6 @@
 """What the trainer and the eval worker say to each other over their two queues: one small dataclass each.
 
-Commands (trainer -> worker): `Init` once, then `Evaluate` per snapshot, then `Stop`.
+Commands (trainer -> worker): `Init` once (carrying the `WorkerSpec`), then `Evaluate` per snapshot, then `Stop`.
 Replies (worker -> trainer): `Ready` once its engine is up (or `Fatal` if it could not start), then per
 eval `Released` (the snapshot buffer may be reused) and `Result` or `Failed`; `Broken` when it could not
 read its next command (it exits after saying so).
@@ -11,15 +11,36 @@ by name, never by position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hf_sft.generation.vllm import EngineOptions
+
 if TYPE_CHECKING:
+    from hf_sft.evaluation.runner import EvalProblems
     from hf_sft.evaluation.snapshots import SharedWeights
-    from hf_sft.evaluation.worker import WorkerSpec
+    from hf_sft.generation.base import SamplingSettings
 
 
 # ---------------------------------------------------------------- trainer -> worker
+
+@dataclass
+class WorkerSpec:
+    """Everything the worker needs to evaluate; picklable, sent once at start."""
+
+    model_dir: str  # config + tokenizer; the engine starts on dummy weights and gets real ones pushed
+    device: str
+    problems: EvalProblems
+    sampling: SamplingSettings
+    output_dir: str
+    model_name: str = ""
+    reward_fn: str = "r1_zero"
+    grading_timeout: float = 10.0
+    grading_workers: int | None = None
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(load_format="dummy"))
+    log_level: int = logging.INFO
+
 
 @dataclass(frozen=True)
 class Init:

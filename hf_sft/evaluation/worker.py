@@ -19,35 +19,16 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch.multiprocessing as tmp
 
-from hf_sft.evaluation.messages import Broken, Evaluate, Failed, Fatal, Init, Ready, Released, Result, Stop
-from hf_sft.evaluation.runner import EvalProblems
+from hf_sft.evaluation.messages import (Broken, Evaluate, Failed, Fatal, Init, Ready, Released, Result, Stop,
+                                        WorkerSpec)
 from hf_sft.evaluation.snapshots import SharedWeights
-from hf_sft.generation.base import SamplingSettings
-from hf_sft.generation.vllm import EngineOptions
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerSpec:
-    """Everything the worker needs to evaluate; picklable, sent once at start."""
-
-    model_dir: str  # config + tokenizer; the engine starts on dummy weights and gets real ones pushed
-    device: str
-    problems: EvalProblems
-    sampling: SamplingSettings
-    output_dir: str
-    model_name: str = ""
-    reward_fn: str = "r1_zero"
-    grading_timeout: float = 10.0
-    grading_workers: int | None = None
-    engine: EngineOptions = field(default_factory=lambda: EngineOptions(load_format="dummy"))
-    log_level: int = logging.INFO
 
 
 def _exit_with_parent() -> None:

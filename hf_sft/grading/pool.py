@@ -8,7 +8,8 @@ chunk goes back to the queue. The parent uses no signals (``multiprocessing.conn
 works from any thread. Workers use no alarms either (math-verify's stay off): an exception raised at
 an arbitrary bytecode can leave sympy/mpmath caches half-updated (seen: after an alarm interrupted
 ``e^{e^{e^{e^{e}}}}``, ``\\infty^{\\infty}`` graded equal to 72), so an item that overruns costs its worker,
-and a worker that raised retires: no later item shares a process with an interrupted computation.
+and a worker that raised retires: no later item shares a process with an interrupted computation. The
+worker's side (its loop and the messages on its pipe) is ``hf_sft.grading.pool_worker``.
 
 Workers start with the ``forkserver`` method (``spawn`` where unavailable), never ``fork``: the trainer has
 torch threads. The forkserver preloads this package and math-verify, so a replacement worker starts in
@@ -21,15 +22,14 @@ import logging
 import math
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from hf_sft.grading import lenient_equal, lenient_normalize, reference, reference_normalize, registry
-from hf_sft.grading.registry import GradeResult, failure_type, grade_one, reward_spec
+from hf_sft.grading import lenient_equal, lenient_normalize, pool_worker, reference, reference_normalize, registry
+from hf_sft.grading.pool_worker import GradeTask, Graded, WorkerReady, fallback, worker_main
+from hf_sft.grading.registry import GradeResult, reward_spec
 
 logger = logging.getLogger(__name__)
 
@@ -38,119 +38,14 @@ READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 # Module objects, not strings: the forkserver silently skips a preload name that fails to import, so a stale
 # string would quietly lose the warm start. registry imports the graders; the rest are what they import lazily.
-PRELOAD = ["__main__", *(m.__name__ for m in (registry, lenient_normalize, lenient_equal, reference,
-                                              reference_normalize)), __name__, "math_verify", "pylatexenc.latex2text"]
-
-
-# ---------------------------------------------------------------- messages on the pipe
-
-
-@dataclass(frozen=True)
-class GradeTask:
-    idx: int
-    reward_fn: str
-    response: str
-    ground_truth: str
-    finish_reason: str | None
-    fast_path: bool
-    alternate: str | None  # also grade with this grader (alternate_reward), or None
-
-
-@dataclass(frozen=True)
-class Graded:
-    idx: int
-    result: GradeResult
-    retire: bool  # an exception escaped a computation: the worker leaves after sending this
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    pid: int
-
-
-# ---------------------------------------------------------------- worker side
-
-
-def _limit_memory(memory_limit_mb: int | None) -> None:
-    """Cap heap growth at current use + the limit (RLIMIT_DATA: unlike RLIMIT_AS it ignores mapped libraries)."""
-    if not memory_limit_mb:
-        return
-    try:
-        import resource
-
-        with open("/proc/self/status") as f:
-            used_kb = next(int(line.split()[1]) for line in f if line.startswith("VmData:"))
-        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        limit = used_kb * 1024 + memory_limit_mb * 2**20
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-    except (ImportError, OSError, ValueError, StopIteration):
-        pass
-
-
-def _test_hook(ground_truth: str) -> None:
-    """Deliberately bad items, enabled only by ``GradingPool(_test_hooks=True)``, never by model output:
-    ``__sleep__:S`` sleeps S seconds, ``__die__`` exits the worker."""
-    if ground_truth.startswith("__sleep__:"):
-        time.sleep(float(ground_truth.split(":", 1)[1]))
-    elif ground_truth == "__die__":
-        os._exit(3)
-
-
-def _fallback(task: GradeTask, timed_out: bool, error: str | None) -> Graded:
-    """Result for an item that was not graded: rewards 0, format still judged (string scans only)."""
-    failure = failure_type(task.response, task.reward_fn, task.finish_reason)
-    result = GradeResult(float(failure is None), 0.0, 0.0, timed_out=timed_out, error=error, failure_type=failure)
-    return Graded(task.idx, result, retire=error is not None)
-
-
-def _grade_task(task: GradeTask, test_hooks: bool) -> Graded:
-    try:
-        if test_hooks:
-            _test_hook(task.ground_truth)
-        result = grade_one(task.response, task.ground_truth, task.reward_fn, task.finish_reason,
-                           fast_path=task.fast_path)  # no cas_timeout_s: no alarms in a worker (see above)
-    except Exception as e:  # MemoryError and RecursionError included
-        return _fallback(task, False, f"{type(e).__name__}: {str(e)[:200]}")
-    retire = False
-    if task.alternate:
-        try:
-            result.alternate_reward = reward_spec(task.alternate).reward(
-                task.response, task.ground_truth, fast_path=task.fast_path)["reward"]
-        except Exception:  # the primary grade stands; the comparison is just missing for this item
-            retire = True
-    return Graded(task.idx, result, retire)
-
-
-def _worker_main(conn, memory_limit_mb: int | None, test_hooks: bool) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    _limit_memory(memory_limit_mb)
-    lenient_equal.answers_equal("\\sqrt{8}", "2\\sqrt{2}", fast_path=False)  # warm up ANTLR before any clock runs
-    reference.grade("\\frac{\\sqrt{3}}{2}", "0.866")  # and pylatexenc + simplify
-    conn.send(WorkerReady(os.getpid()))
-    while True:
-        try:
-            chunk = conn.recv()
-        except (EOFError, OSError):
-            return
-        if chunk is None:
-            return
-        for task in chunk:
-            graded = _grade_task(task, test_hooks)
-            conn.send(graded)
-            if graded.retire:
-                return  # an exception escaped mid-computation: state may be half-updated, so retire
-
-
-# ---------------------------------------------------------------- parent side
+PRELOAD = ["__main__", *(m.__name__ for m in (registry, lenient_normalize, lenient_equal, reference, reference_normalize,
+                                              pool_worker)), __name__, "math_verify", "pylatexenc.latex2text"]
 
 
 class _Worker:
     def __init__(self, ctx, args: tuple):
         self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn, *args), daemon=True, name="hf-sft-grader")
+        self.proc = ctx.Process(target=worker_main, args=(child_conn, *args), daemon=True, name="hf-sft-grader")
         self.proc.start()
         child_conn.close()  # so the parent sees EOF when the worker dies
         self.ready = False
@@ -291,7 +186,7 @@ class GradingPool:
         if not w.inflight:
             return 0
         head = w.inflight.popleft()
-        rows[head] = _fallback(tasks[head], timed_out=error is None, error=error)
+        rows[head] = fallback(tasks[head], timed_out=error is None, error=error)
         return 1
 
     def _retire(self, w: _Worker, pending: deque) -> None:

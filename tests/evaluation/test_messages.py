@@ -14,10 +14,9 @@ from multiprocessing.reduction import ForkingPickler
 
 from hf_sft.evaluation import messages
 from hf_sft.evaluation.messages import (COMMANDS, REPLIES, Broken, Evaluate, Failed, Fatal, Init, Ready, Released,
-                                        Result, Stop)
+                                        Result, Stop, WorkerSpec)
 from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.evaluation.snapshots import SharedWeights
-from hf_sft.evaluation.worker import WorkerSpec
 from hf_sft.generation.base import SamplingSettings
 
 SPEC = WorkerSpec(model_dir="/tmp/model", device="cpu", problems=EvalProblems(["1+1="], ["1+1"], ["2"], "inline"),

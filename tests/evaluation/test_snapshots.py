@@ -27,7 +27,7 @@ sys.path.insert(0, os.getcwd())
 from pathlib import Path
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
 from hf_sft.evaluation.snapshots import SnapshotMemoryError
-from hf_sft.evaluation.worker import WorkerSpec
+from hf_sft.evaluation.messages import WorkerSpec
 from tests.helpers import make_demo_trainer
 
 tmp = Path(tempfile.mkdtemp())

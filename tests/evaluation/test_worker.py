@@ -131,7 +131,8 @@ def test_a_worker_that_cannot_start_does_not_stop_training(tmp_path, caplog):
 PARENT_THAT_DIES = """
 import sys, time
 sys.path.insert(0, {root!r})
-from hf_sft.evaluation.worker import EvalWorker, WorkerSpec
+from hf_sft.evaluation.messages import WorkerSpec
+from hf_sft.evaluation.worker import EvalWorker
 from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.generation.base import SamplingSettings
 

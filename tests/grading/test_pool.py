@@ -13,7 +13,7 @@ import unicodedata
 import pytest
 
 from hf_sft.grading import pool as pool_module
-from hf_sft.grading.pool import GradingPool, GradeTask, _grade_task
+from hf_sft.grading.pool import GradingPool
 
 GROUND_TRUTH = "72"
 OVERALL_BOUND_S = 540
@@ -272,13 +272,4 @@ def test_forkserver_preload_names_all_import():
     for name in pool_module.PRELOAD:
         if name != "__main__":
             importlib.import_module(name)
-    assert "hf_sft.grading.registry" in pool_module.PRELOAD and pool_module.__name__ in pool_module.PRELOAD
-
-
-def test_a_worker_task_grades_with_the_alternate_grader_in_process():
-    """The worker's per-item function, run here: the answer the two r1_zero graders disagree on."""
-    task = GradeTask(0, "r1_zero", " a </think>\n<answer> 72 </answer>", "72", "stop", True, "r1_zero_lenient")
-    graded = _grade_task(task, test_hooks=False)
-    assert (graded.idx, graded.retire) == (0, False)
-    assert (graded.result.reward, graded.result.failure_type, graded.result.alternate_reward) == (
-        0.0, "think_answer_separator", 1.0)
+    assert {"hf_sft.grading.registry", "hf_sft.grading.pool_worker", pool_module.__name__} <= set(pool_module.PRELOAD)
