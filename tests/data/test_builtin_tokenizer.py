@@ -7,12 +7,17 @@ import pytest
 from hf_sft.data import builtin, builtin_tokenizer
 
 
-def test_the_tokenizer_is_built_once_and_data_refs_pass_through(tmp_path, monkeypatch):
+def test_the_tokenizer_is_built_once_and_data_refs_pass_through():
+    """In the session's cache (tests/conftest.py), where other tests may have built it already: a second
+    resolve must find it, not rebuild it."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    monkeypatch.setenv("HF_SFT_CACHE", str(tmp_path))
     first = builtin_tokenizer.resolve(builtin_tokenizer.NAME)
-    assert builtin_tokenizer.resolve(builtin_tokenizer.NAME) == first and first.startswith(str(tmp_path))
+    built_at = Path(first).stat().st_mtime_ns
+    assert builtin_tokenizer.resolve(builtin_tokenizer.NAME) == first and first.startswith(str(builtin.cache_root()))
+    assert Path(first).stat().st_mtime_ns == built_at
     tokenizer = AutoTokenizer.from_pretrained(first)
     assert tokenizer.tokenize("12+34")[:2] == ["1", "2"]  # digits one by one, like Qwen's
     assert builtin_tokenizer.resolve("builtin:addition/train") == builtin.resolve("builtin:addition/train")
