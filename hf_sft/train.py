@@ -112,16 +112,18 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
 
 def end_distributed(trainer) -> None:
-    """Once every rank is done, destroy the process group while Python is still whole.
+    """Once every rank of a multi-process run is done, destroy its process group while Python is still whole.
 
     Left to interpreter shutdown, gloo's worker threads can outlive the objects they hold and abort the
     process (``terminate called without an active exception``, SIGABRT: pytorch/pytorch#179291); accelerate's
     ``end_training`` is the documented last call. Only on success: a rank that raised skips it, since
     destroying while the others sit in a collective would hang them. The barrier keeps rank 1 from leaving
-    while rank 0 still saves and reports.
+    while rank 0 still saves and reports. A single process has no group of its own to end, and must not
+    destroy one it did not create: an in-process vLLM engine initialises torch.distributed itself.
     """
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    if trainer.accelerator.num_processes > 1:
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
 
 
 def cli() -> None:
