@@ -1,6 +1,6 @@
-"""Builders the tests share: tiny models, a shrunk demo trainer, result records and a run on disk built from them,
-and a parser of the report page. Plain functions (fixtures stay in conftest.py), so that no test module imports
-another test module."""
+"""Builders the tests share: grader inputs, tiny models, a shrunk demo trainer, result records and a run on disk
+built from them, and a parser of the report page. Plain functions (fixtures stay in conftest.py), so that no test
+module imports another test module."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
 from hf_sft.evaluation.stats import breakdown, wilson_interval
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- grader inputs
+
+GSM8K = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.\n#### 72"
+
+
+def r1(answer: str) -> str:
+    """A response continuing the r1_zero prompt (which ends in ``Assistant: <think>``)."""
+    return f" Let me work it out step by step. </think> <answer> {answer} </answer>"
 
 
 # ---------------------------------------------------------------- models

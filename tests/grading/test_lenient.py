@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from hf_sft.grading.lenient import (
@@ -17,15 +16,10 @@ from hf_sft.grading.lenient import (
     r1_zero_lenient_voting_key,
 )
 from hf_sft.grading.pool import GradingPool
-
-
-def r1(answer: str) -> str:
-    """A response continuing the r1_zero prompt (which ends in ``Assistant: <think>``)."""
-    return f" Let me work it out step by step. </think> <answer> {answer} </answer>"
+from tests.helpers import GSM8K, r1
 
 
 OK, WRONG, BAD_FORMAT = (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0)
-GSM8K = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.\n#### 72"
 MATH_SOLUTION = r"The probability is $\frac{4}{36}$, which simplifies to $\boxed{\frac{1}{9}}$."
 
 TABLE = [

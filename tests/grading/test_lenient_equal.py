@@ -10,11 +10,7 @@ import time
 from hf_sft.grading.lenient import r1_zero_lenient_reward_fn
 from hf_sft.grading.lenient_equal import MAX_ANSWER_CHARS, answers_equal
 from hf_sft.grading.pool import GradingPool
-
-
-def r1(answer: str) -> str:
-    """A response continuing the r1_zero prompt (which ends in ``Assistant: <think>``)."""
-    return f" Let me work it out step by step. </think> <answer> {answer} </answer>"
+from tests.helpers import r1
 
 
 def hostile_answers(canary) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 from hf_sft.grading import pool as pool_module
 from hf_sft.grading.pool import GradingPool
+from tests.helpers import r1
 
 GROUND_TRUTH = "72"
 OVERALL_BOUND_S = 540
@@ -184,10 +185,6 @@ def _python_float(text: str) -> float | None:
 
 
 # ---------------------------------------------------------------- the pool's lifecycle
-
-
-def r1(answer: str) -> str:
-    return f" Let me work it out step by step. </think> <answer> {answer} </answer>"
 
 
 @pytest.fixture(scope="module")

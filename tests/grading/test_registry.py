@@ -18,8 +18,9 @@ from hf_sft.grading.registry import (
     reward_spec,
     voting_key,
 )
+from tests.helpers import GSM8K
 
-GSM8K = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.\n#### 72"
+
 WELL_FORMED = {"r1_zero": " so </think> <answer> 72 </answer>",
                "r1_zero_lenient": " so </think>\n<answer> 72 dollars </answer>",
                "question_only": r"so the total is $\boxed{72}$"}
