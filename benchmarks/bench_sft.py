@@ -487,6 +487,11 @@ def main(argv=None) -> int:
     if not args.data.exists():
         print(f"skipped: no data file at {args.data} (the benchmark trains on real SFT traces)")
         return 0
+    if args.device == "cpu":  # every CPU figure below is relative to this machine
+        from machine import describe, summary
+
+        machine = describe()
+        print(summary(machine), flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: --device cuda but no CUDA device is available")
         return 0
@@ -525,6 +530,8 @@ def main(argv=None) -> int:
     del sample_model
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}, "throughput": {}, "memory": {}}
+    if args.device == "cpu":
+        results["machine"] = machine
     if not args.no_throughput:
         models = {name: build_model(args, len(tokenizer)) for name in names}
         per_round = {name: [] for name in names}

@@ -15,7 +15,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402
 
+from tests import suite_budget  # noqa: E402
 from tests.helpers import make_tiny_qwen2  # noqa: E402
+
+
+def pytest_configure(config):
+    suite_budget.register(config)  # machine in the header, per-test durations and CPU time to .test-durations.json
 
 
 # The longest run, started before everything else (tests/test_layout.py checks that the file exists: a stale

@@ -1,0 +1,91 @@
+"""After `make test`: the ten slowest tests with their share, and a warning when the suite grows.
+
+Reads what tests/suite_budget.py wrote (``.test-durations.json``: per-test seconds, the workers' CPU time,
+the machine's ISA and fp32 GEMM rate) and compares the suite's CPU time, normalised to a 100 GFLOP/s
+machine (CPU s x GEMM GFLOP/s / 100), with the baseline recorded in ``tests/suite_budget_baseline.json``.
+The normalisation is first-order: the slow tests are GEMM-bound runs, but start-ups and Python scale with
+the core, not the vector unit, so compare within one ISA class when a baseline for it exists. It warns
+at +20% and never fails the run: a budget should speak before CI time breaks, not become flaky itself.
+
+    .venv/bin/python scripts/check_test_budget.py                  # after a pytest run
+    .venv/bin/python scripts/check_test_budget.py --record "why"   # make this run the baseline for its ISA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WARN_GROWTH = 1.20
+SLOW_CLASS_GFLOPS = 85  # the AVX2 class of 2-core machines CI also runs on (issue 20)
+CI_LIMIT_S = 15 * 60
+
+
+def normalised(record: dict) -> float:
+    return record["cpu_s"] * record["machine"]["gemm_gflops"] / 100
+
+
+def test_seconds(times: dict) -> float:
+    return sum(times.values())
+
+
+def report(record: dict, baselines: list[dict], out=None) -> bool:
+    """Print the report; True when the suite grew past the warning line."""
+    out = out or sys.stdout
+    m = record["machine"]
+    tests = record["tests"]
+    total = sum(test_seconds(t) for t in tests.values()) or 1.0
+    print(f"test budget: {m['isa']}, fp32 GEMM {m['gemm_gflops']:.0f} GFLOP/s (load {m['load_1min']} at start), "
+          f"{record['workers']} worker(s): wall {record['wall_s']:.0f} s, CPU {record['cpu_s']:.0f} s, "
+          f"summed test time {total:.0f} s over {len(tests)} tests", file=out)
+    print("ten slowest (setup + call + teardown):", file=out)
+    for nodeid, times in sorted(tests.items(), key=lambda kv: -test_seconds(kv[1]))[:10]:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in times.items() if v >= 0.5)
+        print(f"  {test_seconds(times):7.1f} s {100 * test_seconds(times) / total:5.1f}%  {nodeid}  ({parts})", file=out)
+    norm = normalised(record)
+    workers = max(record["workers"], 1)
+    print(f"CPU normalised to 100 GFLOP/s: {norm:.0f} s; on the {SLOW_CLASS_GFLOPS} GFLOP/s class that is "
+          f"{norm * 100 / SLOW_CLASS_GFLOPS:.0f} CPU s, ~{norm * 100 / SLOW_CLASS_GFLOPS / workers:.0f} s of pytest "
+          f"wall with {workers} busy worker(s) (CI's limit: {CI_LIMIT_S} s with the install)", file=out)
+    same = [b for b in baselines if b["machine"]["isa"] == m["isa"]]
+    if not same:
+        print(f"no baseline for {m['isa']} in tests/suite_budget_baseline.json (record one with --record)", file=out)
+        return False
+    base = same[-1]
+    growth = norm / normalised(base)
+    verdict = "WARNING: the suite grew" if growth > WARN_GROWTH else "within budget"
+    print(f"{verdict}: {growth:.2f}x the {m['isa']} baseline of {base['recorded']} ({normalised(base):.0f} s "
+          f"normalised, {base['note']}); warns above {WARN_GROWTH:.2f}x", file=out)
+    return growth > WARN_GROWTH
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--durations", type=Path, default=REPO / ".test-durations.json")
+    p.add_argument("--baseline", type=Path, default=REPO / "tests" / "suite_budget_baseline.json")
+    p.add_argument("--record", metavar="NOTE", help="store this run as the baseline for its ISA, with a note")
+    args = p.parse_args(argv)
+    if not args.durations.exists():
+        print(f"test budget: no {args.durations.name} (pytest wrote none: did it run?)")
+        return 0
+    record = json.loads(args.durations.read_text())
+    baselines = json.loads(args.baseline.read_text()) if args.baseline.exists() else []
+    report(record, baselines)
+    if args.record:
+        if record["exitstatus"] != 0 or record["workers"] < 2:
+            print("not recorded: a baseline is a full, green, two-worker run")
+            return 1
+        entry = {key: record[key] for key in ("machine", "workers", "wall_s", "cpu_s", "outcomes")}
+        entry.update(recorded=date.today().isoformat(), note=args.record)
+        kept = [b for b in baselines if b["machine"]["isa"] != record["machine"]["isa"]]
+        args.baseline.write_text(json.dumps(kept + [entry], indent=1) + "\n")
+        print(f"recorded as the {record['machine']['isa']} baseline in {args.baseline}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
