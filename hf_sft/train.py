@@ -8,6 +8,7 @@ Reads top to bottom like the recipe it runs: parse, tokenizer, data, model, trai
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -123,7 +124,17 @@ def end_distributed(trainer) -> None:
     """
     if trainer.accelerator.num_processes > 1:
         trainer.accelerator.wait_for_everyone()
+        # Every output is on disk now. Tearing gloo down, and the interpreter exit after it, can hang in a race
+        # between gloo's threads and the interpreter's own teardown (pytorch/pytorch#75097, #190489), and a hung
+        # rank holds torchrun (and a Slurm allocation) forever. faulthandler's watchdog is a C thread that needs
+        # no GIL: past the deadline it prints every thread's stack and ends the process with status 1.
+        faulthandler.dump_traceback_later(teardown_deadline_s(), exit=True)
         trainer.accelerator.end_training()
+
+
+def teardown_deadline_s() -> float:
+    """HF_SFT_TEARDOWN_TIMEOUT_S, default 300 s: room for trackers to finish uploading at exit."""
+    return float(os.environ.get("HF_SFT_TEARDOWN_TIMEOUT_S", "300"))
 
 
 def cli() -> None:

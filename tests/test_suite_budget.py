@@ -67,6 +67,7 @@ def test_grouped_fixture_starts_once_and_the_run_is_accounted(tmp_path):
     assert record["outcomes"] == {"passed": 6} and len(record["tests"]) == 6
     assert {"setup", "call", "teardown"} <= set(next(iter(record["tests"].values())))
     assert record["machine"]["isa"] and record["machine"]["gemm_gflops"] > 0
+    assert record["machine"]["gemm_gflops_per_cpu_s"] > 0
 
 
 def test_broken_grouping_fails_instead_of_running_twice(tmp_path):
@@ -79,7 +80,8 @@ def test_broken_grouping_fails_instead_of_running_twice(tmp_path):
 
 def record(cpu_s: float, gflops: float, isa: str = "AVX2", **extra) -> dict:
     tests = {f"tests/test_x.py::test_{i}": {"setup": 0.0, "call": float(i), "teardown": 0.0} for i in range(1, 13)}
-    return {"machine": {"isa": isa, "gemm_gflops": gflops, "load_1min": 0.1}, "workers": 2, "wall_s": cpu_s / 2,
+    return {"machine": {"isa": isa, "gemm_gflops": 2 * gflops, "gemm_gflops_per_cpu_s": gflops, "threads": 2,
+                        "load_1min": 0.1}, "workers": 2, "wall_s": cpu_s / 2,
             "cpu_s": cpu_s, "exitstatus": 0, "outcomes": {"passed": 12}, "tests": tests, **extra}
 
 
@@ -96,7 +98,7 @@ def test_budget_lists_the_ten_slowest_with_their_share(capsys):
 
 
 def test_budget_normalises_by_the_gemm_rate_and_warns_past_twenty_percent(capsys):
-    # Twice the CPU seconds on a machine half as fast is the same suite.
+    # Twice the CPU seconds on a machine half as fast per CPU second is the same suite.
     assert not budget.report(record(2000, 50), [baseline(1000, 100)])
     assert budget.report(record(1250, 100), [baseline(1000, 100)])
     assert "WARNING: the suite grew: 1.25x" in capsys.readouterr().out
