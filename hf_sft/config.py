@@ -154,6 +154,10 @@ class SFTConfig(TrainingArguments):
     # transformers turns this on whenever gradient checkpointing is off, which costs DDP an extra pass
     # over the autograd graph every step; a causal LM uses all its parameters in every forward.
     ddp_find_unused_parameters: bool | None = field(default=False)
+    # transformers' filter reads every microbatch's loss back to the host (trainer.py, the training loop:
+    # ``torch.isnan(tr_loss_step) or torch.isinf(tr_loss_step)`` in a Python ``if``): one GPU sync per
+    # microbatch. Off, a NaN loss shows in the logged loss instead of being replaced by the running mean.
+    logging_nan_inf_filter: bool = field(default=False)
     # Speed and memory recipe options (issue 6). Each is exact: per-example losses and gradients are
     # those of the plain padded path (tests/training/test_losses.py). Measured in docs/benchmarks.md.
     padding_free: bool = field(
