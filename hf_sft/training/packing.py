@@ -174,6 +174,11 @@ def torch_varlen_available(device) -> bool:
     return _VARLEN_ATTN is not None and torch.device(device).type == "cuda"
 
 
+def _varlen_kernel_takes(query: torch.Tensor) -> bool:
+    """FlashAttention's kernels: CUDA tensors in half precision (there is no fp32 kernel)."""
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+
+
 def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, cu_seq_lens_k=None,
                            max_length_q=None, max_length_k=None, shared_prefix_length=0, packed_seq_lens=None,
                            prefix_key_index=None, prefix_cu_seq_lens_k=None, prefix_max_length_k=None,
@@ -187,8 +192,8 @@ def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_len
     """
     usable = (cu_seq_lens_q is not None and isinstance(max_length_q, int) and _VARLEN_ATTN is not None
               and query.shape[0] == 1 and attention_mask is None and query.shape[2] == key.shape[2]
-              and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
-              and not (module.training and dropout) and kwargs.get("sliding_window") is None)
+              and _varlen_kernel_takes(query) and not (module.training and dropout)
+              and kwargs.get("sliding_window") is None)
     if not usable:
         return varlen_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=cu_seq_lens_q,
                                      position_ids=position_ids, shared_prefix_length=shared_prefix_length,
