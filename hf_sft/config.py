@@ -184,8 +184,8 @@ class SFTConfig(TrainingArguments):
     )
     lm_head_chunk_size: int = field(
         default=0,
-        metadata={"help": "Tokens per chunk of the fused LM head; 0 = about 16M logits per chunk, at least 128 tokens "
-                  "(vocab-dependent; 128 tokens at Qwen's 151,936)."},
+        metadata={"help": "Tokens per chunk of the fused LM head; 0 = per device (hf_sft/training/losses.py "
+                  "auto_chunk_tokens): 4096 on CUDA, on CPU about 16M logits per chunk, at least 128 tokens."},
     )
 
     def __post_init__(self):

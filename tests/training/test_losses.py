@@ -98,6 +98,8 @@ def test_fused_head_never_holds_the_full_logits():
 def test_auto_chunk_is_vocab_dependent():
     assert auto_chunk_tokens(151936) == 128  # the floor: 128 x 151,936 logits = 74 MiB
     assert auto_chunk_tokens(512) == (1 << 24) // 512
+    assert auto_chunk_tokens(151936, device="cpu") == 128
+    assert auto_chunk_tokens(151936, device="cuda:0") == 4096  # the grad_weight update amortised (losses.py)
 
 
 # ---------------------------------------------------------------------------------------------
