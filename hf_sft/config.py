@@ -81,6 +81,10 @@ class EvalArguments:
     eval_max_new_tokens: int = field(default=1024)
     eval_batch_size: int = field(default=64)
     eval_seed: int = field(default=0)
+    eval_per_request_seeds: bool = field(
+        default=False,
+        metadata={"help": "vllm: seed each request (eval_seed + index), so a prompt's sample does not depend on "
+                  "batching; slower (vLLM samples request by request). Default: one engine-level seed."})
     eval_stop: str = field(default="</answer>", metadata={"help": "Stop string, kept in the output."})
     eval_reward_fn: str = field(
         default="r1_zero",
