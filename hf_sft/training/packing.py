@@ -174,9 +174,22 @@ def torch_varlen_available(device) -> bool:
     return _VARLEN_ATTN is not None and torch.device(device).type == "cuda"
 
 
-def _varlen_kernel_takes(query: torch.Tensor) -> bool:
+def _varlen_kernel_takes(query: torch.Tensor, dtype: torch.dtype) -> bool:
     """FlashAttention's kernels: CUDA tensors in half precision (there is no fp32 kernel)."""
-    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+    return query.is_cuda and dtype in (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA would compute in here: autocast's, when it is on.
+
+    With fp32 master weights under bf16 autocast (the MATH recipes) q and k come out of RoPE in fp32
+    (Qwen2's rotary cos/sin take the fp32 hidden states' dtype, and q * cos promotes), and autocast casts
+    SDPA's inputs to bf16 (SDPA is on its lower-precision list); a custom op is not cast, so we do it.
+    """
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return query.dtype
 
 
 def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, cu_seq_lens_k=None,
@@ -192,14 +205,15 @@ def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_len
     """
     usable = (cu_seq_lens_q is not None and isinstance(max_length_q, int) and _VARLEN_ATTN is not None
               and query.shape[0] == 1 and attention_mask is None and query.shape[2] == key.shape[2]
-              and _varlen_kernel_takes(query) and not (module.training and dropout)
+              and _varlen_kernel_takes(query, _compute_dtype(query)) and not (module.training and dropout)
               and kwargs.get("sliding_window") is None)
     if not usable:
         return varlen_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=cu_seq_lens_q,
                                      position_ids=position_ids, shared_prefix_length=shared_prefix_length,
                                      packed_seq_lens=packed_seq_lens, dropout=dropout, scaling=scaling, **kwargs)
     # (1, heads, tokens, dim) -> (tokens, heads, dim), the layout of varlen_attn and flash-attn's varlen functions
-    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    dtype = _compute_dtype(query)
+    q, k, v = (x[0].transpose(0, 1).to(dtype) for x in (query, key, value))
     cu_k, max_k = cu_seq_lens_q, max_length_q
     if shared_prefix_length and prefix_key_index is not None:
         k, v = k.index_select(0, prefix_key_index), v.index_select(0, prefix_key_index)

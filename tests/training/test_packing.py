@@ -209,7 +209,7 @@ def _varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale):
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_varlen_index_path_equals_the_padded_reference(monkeypatch, share_prefix):
     monkeypatch.setattr(packing, "_VARLEN_ATTN", _varlen_reference)
-    monkeypatch.setattr(packing, "_varlen_kernel_takes", lambda query: True)
+    monkeypatch.setattr(packing, "_varlen_kernel_takes", lambda query, dtype: True)
     rows = examples(5, prefix_len=9, seed=2)
     padded = PadToLongestCollator(0)(rows)
     reference = make_tiny_qwen2(VOCAB, seed=7)
@@ -227,3 +227,24 @@ def test_varlen_index_path_equals_the_padded_reference(monkeypatch, share_prefix
     (theirs.square().sum()).backward()
     for a, b in zip(model.parameters(), reference.parameters()):  # fp32, summed in another order
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4 * float(b.grad.abs().max()))
+
+
+def test_varlen_inputs_take_autocasts_dtype(monkeypatch):
+    """fp32 master weights under bf16 autocast: RoPE hands attention fp32 q/k; the kernel gets bf16, as SDPA would."""
+    seen = []
+
+    def reference(q, k, v, *args):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return _varlen_reference(q, k, v, *args)
+
+    monkeypatch.setattr(packing, "_VARLEN_ATTN", reference)
+    monkeypatch.setattr(packing, "_varlen_kernel_takes", lambda query, dtype: dtype == torch.bfloat16)
+    model = make_tiny_qwen2(VOCAB, seed=1)
+    model.set_attn_implementation(VARLEN_TORCH)
+    packed = PackingCollator(PadToLongestCollator(0), share_prefix=True)(examples(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**model_kwargs(packed, model.config))
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}
+    seen.clear()
+    model(**model_kwargs(packed, model.config))  # fp32 without autocast: no kernel for it, the SDPA loop runs
+    assert seen == []
