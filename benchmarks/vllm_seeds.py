@@ -94,11 +94,14 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; vllm {vllm.__version__} (cpu), torch {torch.__version__}")
     print(f"command: python benchmarks/vllm_seeds.py --problems {args.problems} "
           f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats}")
-    print("| mode | median s | runs (s) | new tokens |")
-    print("| --- | --- | --- | --- |")
+    print("| mode | median s | runs (s) | new tokens (last run) | tokens/s (median) |")
+    print("| --- | --- | --- | --- | --- |")
     for m in times:
-        print(f"| {m} | {med[m]:.2f} | {', '.join(f'{t:.2f}' for t in times[m])} | {tokens[m]} |")
-    print(f"per-request / engine seed: {med['per-request seeds'] / med['engine seed']:.2f}x")
+        print(f"| {m} | {med[m]:.2f} | {', '.join(f'{t:.2f}' for t in times[m])} | {tokens[m]} | "
+              f"{tokens[m] / med[m]:,.0f} |")
+    per_token = {m: med[m] / tokens[m] for m in times}
+    print(f"per-request / engine seed: {med['per-request seeds'] / med['engine seed']:.2f}x wall time, "
+          f"{per_token['per-request seeds'] / per_token['engine seed']:.2f}x time per new token")
     return 0
 
 
