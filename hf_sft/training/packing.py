@@ -213,7 +213,7 @@ def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_len
                                      packed_seq_lens=packed_seq_lens, dropout=dropout, scaling=scaling, **kwargs)
     # (1, heads, tokens, dim) -> (tokens, heads, dim), the layout of varlen_attn and flash-attn's varlen functions
     dtype = _compute_dtype(query)
-    q, k, v = (x[0].transpose(0, 1).to(dtype) for x in (query, key, value))
+    q, k, v = (x[0].transpose(0, 1).to(dtype).contiguous() for x in (query, key, value))
     cu_k, max_k = cu_seq_lens_q, max_length_q
     if shared_prefix_length and prefix_key_index is not None:
         k, v = k.index_select(0, prefix_key_index), v.index_select(0, prefix_key_index)
