@@ -187,7 +187,8 @@ def step_flops(config, rows: list[dict], microbatch: int, share_prefix: bool, ch
     from hf_sft.training.packing import unpad
     from hf_sft.training.trainer import PadToLongestCollator
 
-    h, n_layers, inter, vocab = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    h, n_layers = config.hidden_size, config.num_hidden_layers
+    inter, vocab = config.intermediate_size, config.vocab_size
     hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
     body = n_layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
@@ -319,7 +320,8 @@ def check_training(table: Table, device, size: dict, cfg: dict, tokenizer, workd
                                        optimised)
             packed_tokens = sum(len(r["input_ids"]) for r in rows[:32])
             if device.type == "cuda":
-                mfu = f"MFU {model_f / step_s / H100_BF16_PEAK:.1%} of 989 (hardware {hw_f / step_s / H100_BF16_PEAK:.1%})"
+                mfu = (f"MFU {model_f / step_s / H100_BF16_PEAK:.1%} of 989 "
+                       f"(hardware {hw_f / step_s / H100_BF16_PEAK:.1%})")
                 if gemm_tflops:
                     mfu += f", {model_f / step_s / gemm_tflops:.1%} of gemm"
             else:
@@ -392,8 +394,8 @@ def check_attention(table: Table, device, size: dict, cfg: dict, tokenizer):
         results[label] = (loss.item(), (time.perf_counter() - start) / reps)
     ref = results["padded sdpa"][0]
     worst = max(abs(v[0] - ref) / abs(ref) for v in results.values())
-    missing = "" if "varlen_attn" in results else (" (varlen_attn: not available here: "
-                                                    f"{'no CUDA' if device.type != 'cuda' else 'torch ' + torch.__version__})")
+    why = "no CUDA" if device.type != "cuda" else f"torch {torch.__version__}"
+    missing = "" if "varlen_attn" in results else f" (varlen_attn: not available here: {why})"
     detail = ", ".join(f"{k} {v[1] * 1e3:.1f} ms" for k, v in results.items())
     table.add("attention", "ok" if worst < 2e-2 else "FAIL",
               f"{size['attn_layers']} layers, {len(rows)} examples fwd+bwd: {detail}; loss max rel diff "
@@ -431,9 +433,9 @@ def check_head(table: Table, device, size: dict, cfg: dict):
     rel_nll = abs(fn_ - pn) / abs(pn)
     rel_g = max(((fh - ph).norm() / ph.norm()).item(), ((fw - pw).norm() / pw.norm()).item())
     ok = rel_nll < 1e-3 and rel_g < 2e-2
-    table.add("head", "ok" if ok else "FAIL", f"{n} tokens x {v} (chunk {auto_chunk_tokens(v, device=device)}): "
-                                              f"nll rel {rel_nll:.1e}, grad rel {rel_g:.1e}; fused {ft:.3f}s peak {fm}, "
-                                              f"plain {pt:.3f}s peak {pm}")
+    table.add("head", "ok" if ok else "FAIL",
+              f"{n} tokens x {v} (chunk {auto_chunk_tokens(v, device=device)}): nll rel {rel_nll:.1e}, "
+              f"grad rel {rel_g:.1e}; fused {ft:.3f}s peak {fm}, plain {pt:.3f}s peak {pm}")
 
 
 def _timed_copies(device, state, dtype, pinned: bool, reps: int = 2) -> float:

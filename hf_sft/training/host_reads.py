@@ -104,7 +104,8 @@ class HostReadCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def count(self, phase: str | None = None, owner: str | None = None) -> int:
-        return sum(1 for e in self.events if (phase is None or e.phase == phase) and (owner is None or e.owner == owner))
+        return sum(1 for e in self.events
+                   if (phase is None or e.phase == phase) and (owner is None or e.owner == owner))
 
     def summary(self, phase: str | None = None) -> list[tuple[str, str, str, int]]:
         """(owner, op, where, how many) for each distinct reading line, most frequent first."""

@@ -329,7 +329,8 @@ def unpad(batch: dict[str, torch.Tensor], share_prefix: bool = False) -> dict[st
         "num_sequences": int(input_ids.shape[0]),
     }
     if prefix:
-        out["prefix_key_index"], out["prefix_cu_seq_lens_k"], out["prefix_max_length_k"] = _prefix_keys(seq_lens, prefix)
+        index, cu_k, max_k = _prefix_keys(seq_lens, prefix)
+        out.update(prefix_key_index=index, prefix_cu_seq_lens_k=cu_k, prefix_max_length_k=max_k)
     for name in ("labels", "response_mask"):
         if name in batch:
             out[name] = batch[name][keep].unsqueeze(0)

@@ -161,8 +161,8 @@ class SFTTrainer(Trainer):
         """
         if getattr(self.args, "padding_free", False):
             packed = inputs if is_packed(inputs) else unpad(inputs, share_prefix=self._share_prefix)
-            config = self.accelerator.unwrap_model(self.model).config
-            return (model_kwargs(packed, config.get_text_config()), packed["labels"], packed["response_mask"], packed["response_index"],
+            config = self.accelerator.unwrap_model(self.model).config.get_text_config()
+            return (model_kwargs(packed, config), packed["labels"], packed["response_mask"], packed["response_index"],
                     packed["num_sequences"])
         model_inputs = {"input_ids": inputs["input_ids"]}
         if "attention_mask" in inputs:
@@ -249,7 +249,8 @@ class SFTTrainer(Trainer):
     def _accumulate_metrics(self, logits, labels, response_mask, nll_sum):
         """Entropy and token accuracy on the same shifted response positions as the loss."""
         selected = logits[response_mask]
-        self._add_metrics(compute_entropy(selected).double().sum(), (selected.argmax(-1) == labels[response_mask]).sum(),
+        self._add_metrics(compute_entropy(selected).double().sum(),
+                          (selected.argmax(-1) == labels[response_mask]).sum(),
                           response_mask.sum(), nll_sum)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
