@@ -146,6 +146,8 @@ def _load_varlen_attn() -> Callable | None:
     torch 2.10 spells causality ``is_causal=True``; later versions ``window_size=(-1, 0)``
     (torch/nn/attention/varlen.py: ``is_causal = window_size == (-1, 0)``). ``enable_gqa`` (fewer
     key/value heads than query heads) is newer still: without it the key/value heads are repeated.
+    torch 2.10 has no ``scale`` either (its softmax scale is 1/sqrt(head_dim)); a model asking for another
+    scale gets None back from the call, and the per-example SDPA runs instead.
     """
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -154,14 +156,20 @@ def _load_varlen_attn() -> Callable | None:
     params = inspect.signature(varlen_attn).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     gqa = "enable_gqa" in params
+    has_scale = "scale" in params
 
     def call(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        options = dict(causal)
+        if has_scale:
+            options["scale"] = scale
+        elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-6 * scale:
+            return None
         if q.shape[1] != k.shape[1]:
             if gqa:
-                return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, enable_gqa=True, **causal)
+                return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, enable_gqa=True, **options)
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **causal)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
 
     return call
 
@@ -219,6 +227,10 @@ def torch_varlen_attention(module, query, key, value, attention_mask, cu_seq_len
         k, v = k.index_select(0, prefix_key_index), v.index_select(0, prefix_key_index)
         cu_k, max_k = prefix_cu_seq_lens_k, prefix_max_length_k
     out = _VARLEN_ATTN(q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, scaling)
+    if out is None:  # this torch's varlen_attn cannot take the model's softmax scale
+        return varlen_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=cu_seq_lens_q,
+                                     position_ids=position_ids, shared_prefix_length=shared_prefix_length,
+                                     packed_seq_lens=packed_seq_lens, dropout=dropout, scaling=scaling, **kwargs)
     return out.unsqueeze(0), None
 
 

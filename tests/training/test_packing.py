@@ -232,3 +232,24 @@ def test_varlen_inputs_take_autocasts_dtype(monkeypatch):
     seen.clear()
     model(**model_kwargs(packed, model.config))  # fp32 without autocast: no kernel for it, the SDPA loop runs
     assert seen == []
+
+
+def test_varlen_adapter_speaks_torch_2_10s_signature(monkeypatch):
+    """torch 2.10's varlen_attn: is_causal instead of window_size, no scale, no enable_gqa (issue 21: the GPU
+    machine has torch 2.11, whose exact signature nobody here has seen; every variant must be called right)."""
+    import torch.nn.attention.varlen as varlen
+
+    calls = []
+
+    def varlen_attn_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append((is_causal, query.shape[1], key.shape[1]))
+        return _varlen_reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, None)
+
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_attn_2_10)
+    call = packing._load_varlen_attn()
+    q, k, v = torch.randn(7, 4, 8), torch.randn(7, 2, 8), torch.randn(7, 2, 8)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    out = call(q, k, v, cu, cu, 4, 4, 8 ** -0.5)
+    assert calls == [(True, 4, 4)]  # causal, and the 2 KV heads repeated for the 4 query heads
+    torch.testing.assert_close(out, _varlen_reference(q, k, v, cu, cu, 4, 4, None))
+    assert call(q, k, v, cu, cu, 4, 4, 0.3) is None  # a scale this signature cannot take: the SDPA loop runs
