@@ -495,11 +495,6 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: --device cuda but no CUDA device is available")
         return 0
-    try:
-        import trl
-    except ImportError:
-        print("skipped: TRL is not installed (pip install -e '.[bench]')")
-        return 0
     import transformers
     transformers.utils.logging.set_verbosity_error()
 
@@ -508,6 +503,18 @@ def main(argv=None) -> int:
         names.append(COMPILE_VARIANT[0])
     if args.contenders:
         names = [n.strip() for n in args.contenders.split(",")]
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        if "trl" in names and not args.contenders:  # the full comparison needs it; a chosen subset may not
+            print("skipped: TRL is not installed (pip install -e '.[bench]'); --contenders hf-sft,naive runs "
+                  "without it")
+            return 0
+        if "trl" in names:
+            print("error: --contenders names trl, which is not installed (pip install -e '.[bench]')")
+            return 2
+        trl_version = "not installed"
     tokenizer, dataset = build_data(args, Path(args.workdir))
     counts = step_token_counts(dataset, args.batch_size)
     n_steps = args.warmup + args.steps
@@ -517,7 +524,7 @@ def main(argv=None) -> int:
     real = sum(lengths[: n_steps * args.batch_size])
     sample_model = build_model(args, len(tokenizer))
     cfg = sample_model.config
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}; "
           f"device {args.device} ({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads), {args.dtype}")
     print(f"model {args.model_dir or args.config}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
           f"vocab {cfg.vocab_size}, {sample_model.num_parameters() / 1e6:.1f}M parameters")

@@ -81,6 +81,10 @@ class EvalArguments:
     eval_max_new_tokens: int = field(default=1024)
     eval_batch_size: int = field(default=64)
     eval_seed: int = field(default=0)
+    eval_per_request_seeds: bool = field(
+        default=False,
+        metadata={"help": "vllm: seed each request (eval_seed + index), so a prompt's sample does not depend on "
+                  "batching; slower (vLLM samples request by request). Default: one engine-level seed."})
     eval_stop: str = field(default="</answer>", metadata={"help": "Stop string, kept in the output."})
     eval_reward_fn: str = field(
         default="r1_zero",
@@ -154,6 +158,10 @@ class SFTConfig(TrainingArguments):
     # transformers turns this on whenever gradient checkpointing is off, which costs DDP an extra pass
     # over the autograd graph every step; a causal LM uses all its parameters in every forward.
     ddp_find_unused_parameters: bool | None = field(default=False)
+    # transformers' filter reads every microbatch's loss back to the host (trainer.py, the training loop:
+    # ``torch.isnan(tr_loss_step) or torch.isinf(tr_loss_step)`` in a Python ``if``): one GPU sync per
+    # microbatch. Off, a NaN loss shows in the logged loss instead of being replaced by the running mean.
+    logging_nan_inf_filter: bool = field(default=False)
     # Speed and memory recipe options (issue 6). Each is exact: per-example losses and gradients are
     # those of the plain padded path (tests/training/test_losses.py). Measured in docs/benchmarks.md.
     padding_free: bool = field(
@@ -180,8 +188,8 @@ class SFTConfig(TrainingArguments):
     )
     lm_head_chunk_size: int = field(
         default=0,
-        metadata={"help": "Tokens per chunk of the fused LM head; 0 = about 16M logits per chunk, at least 128 tokens "
-                  "(vocab-dependent; 128 tokens at Qwen's 151,936)."},
+        metadata={"help": "Tokens per chunk of the fused LM head; 0 = per device (hf_sft/training/losses.py "
+                  "auto_chunk_tokens): 4096 on CUDA, on CPU about 16M logits per chunk, at least 128 tokens."},
     )
 
     def __post_init__(self):

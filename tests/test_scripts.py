@@ -46,7 +46,8 @@ def test_gpu_check_runs_its_code_paths_on_cpu(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.read_text().splitlines()[2:]}
-    for check in ("gemm", "train:on", "train:off", "train:losses", "masks", "head", "snapshot", "generate"):
+    for check in ("gemm", "train:4x8", "train:32x1", "train:off", "train:losses", "syncs", "attention", "head",
+                  "snapshot", "generate"):
         assert rows.get(check) == "ok", table.read_text()
 
 

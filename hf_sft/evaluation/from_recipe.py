@@ -29,7 +29,8 @@ def sampling_settings(eval_args) -> SamplingSettings:
     """The recipe's eval_temperature, eval_top_p, eval_max_new_tokens, eval_stop, eval_seed, eval_num_samples."""
     return SamplingSettings(temperature=eval_args.eval_temperature, top_p=eval_args.eval_top_p,
                             max_new_tokens=eval_args.eval_max_new_tokens, stop=[eval_args.eval_stop],
-                            seed=eval_args.eval_seed, num_samples=eval_args.eval_num_samples)
+                            seed=eval_args.eval_seed, num_samples=eval_args.eval_num_samples,
+                            per_request_seeds=eval_args.eval_per_request_seeds)
 
 
 def eval_problems(data_args, eval_args) -> EvalProblems:

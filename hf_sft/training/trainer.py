@@ -10,6 +10,11 @@ row, attention kept within each example: ``hf_sft/training/packing.py``), ``shar
 prefix common to the microbatch's examples is computed once), ``response_only_lm_head`` (the LM
 head sees only the hidden states of response positions) and ``fused_lm_head`` (head, NLL,
 entropy and accuracy chunk by chunk, never the full logits: ``hf_sft/training/losses.py``).
+
+No device->host reads inside a microbatch's forward and backward: with ``padding_free`` the
+collator packs the microbatch on the CPU (``PackingCollator``) and the loss gathers response
+positions with CPU-built indices; the metrics are summed on the device and read once per logging
+step (``log``). ``tests/training/test_packing.py`` counts them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from transformers import Trainer
 
 from hf_sft.core import compute_entropy
 from hf_sft.training.losses import fused_linear_nll, plain_linear_nll
-from hf_sft.training.packing import VARLEN_SDPA, enable_padding_free, unpad
+from hf_sft.training.packing import PackingCollator, enable_padding_free, is_packed, model_kwargs, shares_prefix, unpad
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ class SFTTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._metric_sums = self._zero_metrics()
+        self._metric_sums = None  # (4,) float64 on the device, read back in log() only
         if self._uses_hidden_states():
             config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
                 else self.model.config
@@ -94,8 +99,13 @@ class SFTTrainer(Trainer):
                            "head's weight is sharded outside the model's forward); the plain loss path is used")
             self.args.response_only_lm_head = self.args.fused_lm_head = False
         self._attn_implementation = None
+        self._share_prefix = False
         if getattr(self.args, "padding_free", False):
-            self._attn_implementation = enable_padding_free(self.model)
+            self._attn_implementation = enable_padding_free(self.model, self.args.device)
+            self._share_prefix = bool(getattr(self.args, "shared_prefix", False)) and shares_prefix(
+                self._attn_implementation)
+            if self.data_collator is not None and not isinstance(self.data_collator, PackingCollator):
+                self.data_collator = PackingCollator(self.data_collator, share_prefix=self._share_prefix)
 
     def _warn_if_fsdp_was_not_applied(self) -> None:
         """accelerate turns FSDP on only for GPU-type devices; elsewhere the request is silently dropped."""
@@ -116,9 +126,21 @@ class SFTTrainer(Trainer):
     def _uses_hidden_states(self) -> bool:
         return bool(getattr(self.args, "response_only_lm_head", False) or getattr(self.args, "fused_lm_head", False))
 
-    @staticmethod
-    def _zero_metrics() -> dict[str, float]:
-        return {"entropy_sum": 0.0, "correct": 0.0, "response_tokens": 0.0, "nll_sum": 0.0}
+    METRICS = ("entropy_sum", "correct", "response_tokens", "nll_sum")
+
+    def metric_sums(self) -> dict[str, float]:
+        """The sums since the last log, read back to the host (one copy; a sync on GPU)."""
+        if self._metric_sums is None:
+            return dict.fromkeys(self.METRICS, 0.0)
+        return dict(zip(self.METRICS, self._metric_sums.tolist()))
+
+    def reset_metrics(self) -> None:
+        self._metric_sums = None
+
+    def _add_metrics(self, *values: torch.Tensor) -> None:
+        """Add this microbatch's four sums on the device: no host read per microbatch."""
+        sums = torch.stack([v.detach().double() for v in values])
+        self._metric_sums = sums if self._metric_sums is None else self._metric_sums + sums
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Count response tokens of the whole optimizer step, summed over processes."""
@@ -130,28 +152,28 @@ class SFTTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return batch_samples, count
 
-    def _model_inputs(self, inputs) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """Model kwargs plus the labels and response mask aligned with the model's token positions."""
+    def _model_inputs(self, inputs) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Model kwargs, the labels, response mask and response positions aligned with the model's
+        token positions, and the number of examples.
+
+        Training batches arrive packed by ``PackingCollator``; a padded batch handed to
+        ``compute_loss`` directly is packed here (correct, but with host reads on GPU).
+        """
         if getattr(self.args, "padding_free", False):
-            # Only the varlen SDPA of hf_sft.training.packing understands a shared prefix; flash attention does not.
-            share = getattr(self.args, "shared_prefix", False) and self._attn_implementation == VARLEN_SDPA
-            packed = unpad(inputs, share_prefix=share)
-            model_inputs = {k: packed[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                                                   "max_length_q", "max_length_k")}
-            if packed["shared_prefix_length"]:
-                model_inputs["shared_prefix_length"] = packed["shared_prefix_length"]
-            return model_inputs, packed["labels"], packed["response_mask"]
+            packed = inputs if is_packed(inputs) else unpad(inputs, share_prefix=self._share_prefix)
+            config = self.accelerator.unwrap_model(self.model).config.get_text_config()
+            return (model_kwargs(packed, config), packed["labels"], packed["response_mask"], packed["response_index"],
+                    packed["num_sequences"])
         model_inputs = {"input_ids": inputs["input_ids"]}
         if "attention_mask" in inputs:
             model_inputs["attention_mask"] = inputs["attention_mask"]
-        return model_inputs, inputs["labels"], inputs["response_mask"]
+        return model_inputs, inputs["labels"], inputs["response_mask"], None, inputs["input_ids"].shape[0]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        num_sequences = inputs["input_ids"].shape[0]
-        model_inputs, labels, response_mask = self._model_inputs(inputs)
+        model_inputs, labels, response_mask, response_index, num_sequences = self._model_inputs(inputs)
         labels = labels.clamp(min=0)
         if self._uses_hidden_states():
-            outputs, head = self._head_from_hidden_states(model, model_inputs, labels, response_mask)
+            outputs, head = self._head_from_hidden_states(model, model_inputs, labels, response_mask, response_index)
             nll_sum = head.nll_sum
         else:
             outputs = model(**model_inputs, use_cache=False)
@@ -175,7 +197,7 @@ class SFTTrainer(Trainer):
                 self._accumulate_head_metrics(head, response_mask, nll_sum)
         return (loss, outputs) if return_outputs else loss
 
-    def _head_from_hidden_states(self, model, model_inputs, labels, response_mask):
+    def _head_from_hidden_states(self, model, model_inputs, labels, response_mask, response_index=None):
         """Run the body only (no logits), then the LM head on the positions the loss reads.
 
         The call still goes through ``model`` (DDP, compile and hooks see an ordinary forward);
@@ -197,7 +219,11 @@ class SFTTrainer(Trainer):
         # compute dtype (exact for a bf16 model, whose norm produced bf16 values).
         hidden = outputs.hidden_states[-1].to(weight.dtype)
         if self.args.response_only_lm_head:
-            hidden, targets, weights = hidden[response_mask], labels[response_mask], None
+            if response_index is None:  # a padded batch: the boolean index reads the mask back (a sync on GPU)
+                hidden, targets = hidden[response_mask], labels[response_mask]
+            else:  # a packed row: positions from the collator, index_select needs no host read
+                hidden, targets = hidden[0].index_select(0, response_index), labels[0].index_select(0, response_index)
+            weights = None
         else:
             hidden, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
             weights = response_mask.reshape(-1).to(hidden.dtype)
@@ -215,31 +241,28 @@ class SFTTrainer(Trainer):
     def _accumulate_head_metrics(self, head, response_mask, nll_sum):
         """The same sums as ``_accumulate_metrics``, from the per-token statistics the head computed.
 
-        One device-to-host copy for all four (each ``.item()`` is a synchronisation on GPU).
+        Summed on the device; read back once per logging step.
         """
-        sums = torch.stack([head.entropy.double().sum(), head.correct.sum().double(),
-                            response_mask.sum().double(), nll_sum.detach().double()]).tolist()
-        for key, value in zip(("entropy_sum", "correct", "response_tokens", "nll_sum"), sums):
-            self._metric_sums[key] += value
+        self._add_metrics(head.entropy.double().sum(), head.correct.sum(), response_mask.sum(), nll_sum)
 
     @torch.no_grad()
     def _accumulate_metrics(self, logits, labels, response_mask, nll_sum):
         """Entropy and token accuracy on the same shifted response positions as the loss."""
         selected = logits[response_mask]
-        self._metric_sums["entropy_sum"] += compute_entropy(selected).sum().item()
-        self._metric_sums["correct"] += (selected.argmax(-1) == labels[response_mask]).sum().item()
-        self._metric_sums["response_tokens"] += response_mask.sum().item()
-        self._metric_sums["nll_sum"] += nll_sum.item()
+        self._add_metrics(compute_entropy(selected).double().sum(),
+                          (selected.argmax(-1) == labels[response_mask]).sum(),
+                          response_mask.sum(), nll_sum)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metric_sums["response_tokens"] > 0:
-            sums = torch.tensor(list(self._metric_sums.values()), dtype=torch.float64, device=self.args.device)
+        if "loss" in logs and self._metric_sums is not None:
+            sums = self._metric_sums.to(self.args.device)
             if self.args.world_size > 1:
                 sums = self.accelerator.reduce(sums, reduction="sum")
             entropy_sum, correct, tokens, nll_sum = sums.tolist()
-            logs["entropy"] = round(entropy_sum / tokens, 4)
-            logs["token_accuracy"] = round(correct / tokens, 4)
-            logs["response_nll_per_token"] = round(nll_sum / tokens, 4)
-            logs["num_response_tokens"] = int(tokens)
-            self._metric_sums = self._zero_metrics()
+            if tokens > 0:
+                logs["entropy"] = round(entropy_sum / tokens, 4)
+                logs["token_accuracy"] = round(correct / tokens, 4)
+                logs["response_nll_per_token"] = round(nll_sum / tokens, 4)
+                logs["num_response_tokens"] = int(tokens)
+            self._metric_sums = None
         super().log(logs, start_time)

@@ -165,13 +165,18 @@ def test_generations_keep_stop_string_and_count_tokens(engine, demo_assets):
 def test_sampling_is_reproducible_and_independent_of_batching(engine, demo_assets):
     _, rows = demo_assets
     prompts = prompts_from(rows)
-    settings = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=16, stop=["</answer>"], seed=7)
+    settings = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=16, stop=["</answer>"], seed=7,
+                                per_request_seeds=True)
     first = engine.generate(prompts, settings)
     assert [g.text for g in first] == [g.text for g in engine.generate(prompts, settings)]
     # Prompt 0 has seed 7 whether it is sampled alone or in a batch.
     assert engine.generate(prompts[:1], settings)[0].text == first[0].text
     assert len({g.text for g in first}) > 1
     assert all(0 < g.num_tokens <= 16 for g in first)
+    # The default: the engine's seed, requests unseeded (vLLM's batched sampler); still distinct draws.
+    engine_seeded = engine.sampling_params(SamplingSettings(temperature=1.0), 3)
+    assert [p.seed for p in engine_seeded] == [None] * 3
+    assert len({g.text for g in engine.generate(prompts, SamplingSettings(temperature=1.0, max_new_tokens=16))}) > 1
 
 
 @needs_vllm

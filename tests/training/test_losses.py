@@ -16,7 +16,7 @@ import torch
 from hf_sft.config import SFTConfig
 from hf_sft.core import compute_entropy, get_response_log_probs, pad_token_id, tokenize_prompt_and_output
 from hf_sft.training.losses import auto_chunk_tokens, fused_linear_nll, plain_linear_nll
-from hf_sft.training.packing import VARLEN_SDPA, common_prefix_length, enable_padding_free, unpad
+from hf_sft.training.packing import VARLEN_SDPA, common_prefix_length, enable_padding_free, model_kwargs, unpad
 from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
 from tests.helpers import make_tiny_qwen2
 from tests.helpers import OUTPUTS, PROMPTS, accumulated_grads, features
@@ -98,6 +98,8 @@ def test_fused_head_never_holds_the_full_logits():
 def test_auto_chunk_is_vocab_dependent():
     assert auto_chunk_tokens(151936) == 128  # the floor: 128 x 151,936 logits = 74 MiB
     assert auto_chunk_tokens(512) == (1 << 24) // 512
+    assert auto_chunk_tokens(151936, device="cpu") == 128
+    assert auto_chunk_tokens(151936, device="cuda:0") == 4096  # the grad_weight update amortised (losses.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +168,8 @@ def test_packed_examples_do_not_attend_to_each_other(bpe_tokenizer):
         batch["position_ids"] = torch.tensor([list(range(first.shape[1])) + list(range(5))])
         batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = torch.tensor([0, first.shape[1], first.shape[1] + 5],
                                                                        dtype=torch.int32)
-        return model(**batch, output_hidden_states=True).hidden_states[-1][0]
+        batch["packed_seq_lens"] = (first.shape[1], 5)
+        return model(**model_kwargs(batch), output_hidden_states=True).hidden_states[-1][0]
 
     with torch.no_grad():
         alone = model(b, output_hidden_states=True).hidden_states[-1][0]
@@ -208,11 +211,11 @@ def make_trainer(tmp_path, tok, seed=3, **options):
 def loss_grads_metrics(trainer, batch, num_items=None):
     trainer.model.train()
     trainer.model.zero_grad()
-    trainer._metric_sums = trainer._zero_metrics()
+    trainer.reset_metrics()
     loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
-    return loss.detach(), grads, dict(trainer._metric_sums)
+    return loss.detach(), grads, trainer.metric_sums()
 
 
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
@@ -289,7 +292,7 @@ def test_packed_per_example_contributions_equal_padded(tmp_path, bpe_tokenizer):
     model = trainer.model
     batch = trainer.data_collator(feats)
     ref = tokenize_prompt_and_output(PROMPTS[:3], OUTPUTS[:3], tok)
-    model_inputs, labels, response_mask = trainer._model_inputs(batch)
+    model_inputs, labels, response_mask, _, _ = trainer._model_inputs(batch)
     bounds = model_inputs["cu_seq_lens_q"].tolist()
     params = [p for p in model.parameters()]
     for i in range(3):

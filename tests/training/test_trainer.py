@@ -39,7 +39,7 @@ def test_token_loss_is_mean_nll_over_response_tokens_only(tmp_path, bpe_tokenize
     expected = -(lp * ref["response_mask"]).sum() / ref["response_mask"].sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # prompt tokens carry no gradient signal: changing a prompt-only label leaves the loss unchanged
-    batch2 = {k: v.clone() for k, v in batch.items()}
+    batch2 = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     batch2["labels"][~batch2["response_mask"]] = 5
     loss2 = trainer.compute_loss(trainer.model, batch2, num_items_in_batch=batch["response_mask"].sum())
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
