@@ -112,6 +112,12 @@ class EvalArguments:
         metadata={"help": "vllm async: an eval with no result this many seconds after the engine is up counts as "
                   "hung; its worker is killed, the failure logged, and the next eval restarts it. 0 = never."},
     )
+    eval_engine_start_timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "vllm async: a worker whose engine is not up this many seconds after the worker started is "
+                  "killed and its eval is a failure on disk (the next eval restarts it), so the end-of-run drain never "
+                  "waits on an engine that cannot start. 0 = never."},
+    )
     eval_vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vllm engine memory share."})
     eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
     eval_vllm_kv_cache_memory_bytes: int | None = field(

@@ -117,7 +117,8 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         log_level=training_args.get_process_log_level())
     callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
                                  policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
-                                 max_queued=eval_args.eval_queue_size)
+                                 max_queued=eval_args.eval_queue_size,
+                                 engine_start_timeout_s=eval_args.eval_engine_start_timeout_s or None)
     callback.check_shared_memory()  # every rank (same node): fail before training, not at the first eval
     return callback
 
