@@ -14,4 +14,5 @@ if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
+"$python" benchmarks/gpu_isolation_check.py || echo "FAIL gpu_isolation_check (issue 18: training GPU hidden before CUDA starts)"
 exec timeout --signal=TERM --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-470}" "$python" benchmarks/gpu_check.py "$@"

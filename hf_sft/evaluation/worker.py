@@ -92,6 +92,7 @@ def worker_main(commands, results) -> None:
                                          output_dir=spec.output_dir, model_name=spec.model_name,
                                          reward_fn=spec.reward_fn)
                 results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start))
+                backend.rest()  # eval_vllm_sleep_level: give the GPU memory back until the next push
             except Exception:
                 results.put(Failed(step, traceback.format_exc()))
     finally:

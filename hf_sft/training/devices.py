@@ -25,6 +25,14 @@ from hf_sft.config import RecipeError
 logger = logging.getLogger(__name__)
 
 EVAL_VISIBLE_ENV = "HF_SFT_EVAL_CUDA_VISIBLE_DEVICES"
+SAME = "same"  # eval_device: the engine shares the training GPU
+
+
+def eval_shares_training_gpu(env=None) -> bool:
+    """isolate_training_gpus gave the eval worker this process's own (single) GPU."""
+    env = os.environ if env is None else env
+    eval_gpu = env.get(EVAL_VISIBLE_ENV)
+    return eval_gpu is not None and eval_gpu == env.get("CUDA_VISIBLE_DEVICES")
 
 
 class DeviceError(RecipeError):
@@ -88,12 +96,16 @@ def isolate_training_gpus(eval_args, env=None) -> str | None:
     visible = env.get("CUDA_VISIBLE_DEVICES")
     ids = _visible_ids(env, count)
     async_vllm = eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async"
-    eval_index = _cuda_index(eval_args.eval_device) if async_vllm else None
+    same = async_vllm and eval_args.eval_device == SAME
+    eval_index = _cuda_index(eval_args.eval_device) if async_vllm and not same else None
     if eval_index is not None and eval_index >= len(ids):
         raise DeviceError(f"eval_device is {eval_args.eval_device} but this process sees {len(ids)} GPU(s) "
                           f"(CUDA_VISIBLE_DEVICES={visible or 'unset'}): use cuda:0..cuda:{len(ids) - 1}, or "
-                          f"eval_backend: hf with one GPU")
+                          f"eval_device: same to share the training GPU")
     world = int(env.get("WORLD_SIZE", "1"))
+    if same and world > 1:
+        raise DeviceError("eval_device: same shares the GPU of a single training process; with several training "
+                          "processes give the engine a GPU of its own (eval_device: cuda:N)")
     if world > 1:  # each rank trains on cuda:LOCAL_RANK (accelerate PartialState); n_gpu is already 1
         local = int(env.get("LOCAL_WORLD_SIZE", world))
         if eval_index is not None:
@@ -103,10 +115,13 @@ def isolate_training_gpus(eval_args, env=None) -> str | None:
                                   f"cuda:{local} or later for the eval engine")
             env[EVAL_VISIBLE_ENV] = ids[eval_index]
         return None
+    if same or (len(ids) == 1 and eval_index == 0):  # one GPU for both: sized by hf_sft/evaluation/colocation.py
+        env["CUDA_VISIBLE_DEVICES"] = ids[0]
+        env[EVAL_VISIBLE_ENV] = ids[0]
+        logger.info("One training process on GPU %s; the eval engine shares it (eval_device %s)%s", ids[0],
+                    eval_args.eval_device, f", GPUs {','.join(ids[1:])} stay unused" if len(ids) > 1 else "")
+        return ids[0]
     if len(ids) <= 1:
-        if eval_index is not None:
-            raise DeviceError(f"eval_device {eval_args.eval_device} is the only GPU, which training uses: the "
-                              "eval engine needs a GPU of its own (or eval_backend: hf)")
         return None
     train = next(i for i in range(len(ids)) if i != eval_index)
     env["CUDA_VISIBLE_DEVICES"] = ids[train]

@@ -106,7 +106,7 @@ def test_eval_device_that_a_rank_trains_on_is_refused(two_gpus, monkeypatch):
 # ---------------------------------------------------------------- the first CUDA runtime call, in a real train.py
 
 
-def _first_runtime_call(tmp_path, *args, physical=2, env=None, launch=()):
+def _first_runtime_call(tmp_path, *args, physical=2, env=None, launch=(), recipe="recipes/full.yaml"):
     """Run train.py (under ``launch``, e.g. accelerate's launcher) on simulated GPUs up to its first CUDA
     runtime call; returns what that call saw in the training process."""
     record = tmp_path / "first_runtime_call.jsonl"
@@ -115,7 +115,7 @@ def _first_runtime_call(tmp_path, *args, physical=2, env=None, launch=()):
                             "LOCAL_RANK", "CUDA_DEVICE_ORDER", "PYTORCH_NVML_BASED_CUDA_CHECK")}
     run_env.update({"HF_SFT_FAKE_GPUS": str(physical), "HF_SFT_FAKE_GPUS_RECORD": str(record),
                     "PYTHONPATH": os.pathsep.join([FAKE_GPUS, REPO_ROOT]), **(env or {})})
-    cmd = [sys.executable, *launch, "hf_sft/train.py", "recipes/full.yaml", "--output_dir", str(tmp_path / "out"),
+    cmd = [sys.executable, *launch, "hf_sft/train.py", recipe, "--output_dir", str(tmp_path / "out"),
            *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=run_env, capture_output=True, text=True, timeout=600)
     halted = proc.returncode == HALT or (launch and f"returned non-zero exit status {HALT}" in proc.stderr)
@@ -154,6 +154,33 @@ def test_accelerate_launch_with_a_gpu_subset(tmp_path):
 def test_without_nvml_a_child_process_counts_the_gpus(tmp_path):
     seen = _first_runtime_call(tmp_path, "--eval_device", "cuda:1", env={"HF_SFT_FAKE_NVML": "fail"})
     assert (seen["CUDA_VISIBLE_DEVICES"], seen[EVAL_VISIBLE_ENV]) == ("0", "1"), seen
+
+
+def test_one_gpu_recipe_shares_the_only_gpu_with_the_engine(tmp_path):
+    seen = _first_runtime_call(tmp_path, physical=1, recipe="recipes/full_1gpu.yaml")
+    assert (seen["CUDA_VISIBLE_DEVICES"], seen[EVAL_VISIBLE_ENV]) == ("0", "0"), seen
+
+
+def test_same_takes_the_first_gpu_for_both(two_gpus):
+    from hf_sft.training.devices import eval_shares_training_gpu
+
+    ev = SimpleNamespace(eval_backend="vllm", eval_mode="async", eval_device="same")
+    assert isolate_training_gpus(ev) == "0"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" == os.environ[EVAL_VISIBLE_ENV] and eval_shares_training_gpu()
+
+
+def test_cuda0_on_a_one_gpu_machine_is_shared_not_refused(two_gpus, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: 1)
+    ev = SimpleNamespace(eval_backend="vllm", eval_mode="async", eval_device="cuda:0")
+    assert isolate_training_gpus(ev) == "0" and os.environ[EVAL_VISIBLE_ENV] == "0"
+    with pytest.raises(DeviceError, match="sees 1 GPU.*eval_device: same"):
+        isolate_training_gpus(SimpleNamespace(eval_backend="vllm", eval_mode="async", eval_device="cuda:1"))
+
+
+def test_same_is_refused_with_several_training_processes(two_gpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DeviceError, match="single training process"):
+        isolate_training_gpus(SimpleNamespace(eval_backend="vllm", eval_mode="async", eval_device="same"))
 
 
 # ---------------------------------------------------------------- after the device setup: the UUID check
