@@ -9,6 +9,9 @@ replica lands on the eval GPU. So a single training process is shown its trainin
 touches ``self.device``), and the eval GPU's physical index is kept in ``EVAL_VISIBLE_ENV`` for the
 eval worker, which inherits the environment and selects it (``hf_sft.generation.vllm.select_device``).
 
+``eval_device: same`` (or ``cuda:0`` on a one-GPU machine) gives the worker the training GPU itself;
+hf_sft.evaluation.colocation then sizes the engine to fit beside training.
+
 Under DDP/FSDP/ZeRO (``WORLD_SIZE`` > 1) every rank trains on ``cuda:LOCAL_RANK`` and ``n_gpu`` is 1
 already; visibility is left alone, and an ``eval_device`` that a rank trains on is refused.
 """
