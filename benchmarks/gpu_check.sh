@@ -14,6 +14,5 @@ if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
-# Other GPU checks run here, one line each, before the main table (they share the 470 s budget below).
-# e.g. "$python" benchmarks/gpu_isolation_check.py   (issue 18)
+"$python" benchmarks/gpu_isolation_check.py || echo "FAIL gpu_isolation_check (issue 18: training GPU hidden before CUDA starts)"
 exec timeout --signal=TERM --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-470}" "$python" benchmarks/gpu_check.py "$@"

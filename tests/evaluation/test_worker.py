@@ -168,3 +168,60 @@ def test_the_worker_exits_when_the_trainer_is_killed(tmp_path):
         time.sleep(0.5)
     os.kill(worker_pid, signal.SIGKILL)
     pytest.fail("the eval worker outlived its trainer")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except FileNotFoundError:
+        return []
+
+
+class StopWorkerInEngineStart:
+    """Test harness, added before the eval callback: at the first step, once the worker has started its grading
+    pool (the step right before the engine, hf_sft/evaluation/worker.py ``worker_main``), SIGSTOP it, so its
+    engine start never completes; at the end of training, before the callback drains, set the start deadline."""
+
+    def __init__(self, start_timeout_s: float):
+        self.callback, self.start_timeout_s, self.stopped_pid = None, start_timeout_s, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.stopped_pid is not None:
+            return
+        worker, deadline = self.callback.worker, time.time() + 300
+        while not _children(worker.pid) and worker.alive() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGSTOP)
+        self.stopped_pid = worker.pid
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.callback.supervisor.engine_start_timeout_s = self.start_timeout_s  # counted from the worker's start
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+@needs_vllm
+def test_an_engine_that_never_comes_up_is_a_failed_eval_and_the_drain_does_not_wait_for_it(tmp_path, caplog):
+    """eval_engine_start_timeout_s: the end-of-run drain (deadline 3600 s here) ends once the start deadline
+    kills the worker; without it, this test would sit in the drain until pytest's timeout."""
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "2", "--eval_steps", "2")
+    stopper = StopWorkerInEngineStart(start_timeout_s=2.0)
+    trainer.add_callback(stopper)  # first: its on_train_end runs before the callback's drain
+    callback = add_async_eval(trainer, recipe, policy="queue", max_restarts=0, drain_timeout_s=3600.0)
+    callback.supervisor.engine_start_timeout_s = None  # no deadline during training: it is the drain's turn
+    stopper.callback = callback
+    with caplog.at_level(logging.INFO, logger="hf_sft"):
+        trainer.train()
+
+    assert trainer.state.global_step == 2
+    records = callback.records
+    assert records[0].status == "failed" and "eval_engine_start_timeout_s=2s" in records[0].error
+    assert records[2].status == "skipped" and callback.disabled  # max_restarts 0: no second start
+    with pytest.raises(ProcessLookupError):  # the stopped worker was killed, not left behind
+        os.kill(stopper.stopped_pid, 0)
+    gap = list((tmp_path / "run" / "results" / "eval_logs").glob("failed_eval_step_0_*.json"))
+    assert len(gap) == 1 and "eval_engine_start_timeout_s" in json.loads(gap[0].read_text())["error"]
+    assert callback.worker_starts == 1
