@@ -102,7 +102,8 @@ def test_the_one_gpu_recipe_parses_and_shares_the_training_gpu():
     *_, eval_args, training_args = parse_recipe([os.path.join(REPO_ROOT, "recipes", "full_1gpu.yaml"),
                                                  "--output_dir", "/tmp/unused", "--use_cpu", "true"])
     assert eval_args.eval_device == "same" and eval_args.eval_backend == "vllm"
-    assert training_args.gradient_accumulation_steps == 8 and eval_args.eval_colocate_headroom_bytes is None
+    assert training_args.gradient_accumulation_steps == 8 and training_args.gradient_checkpointing  # fits the headroom
+    assert eval_args.eval_colocate_headroom_bytes is None
 
 
 def test_same_on_a_cpu_machine_is_the_cpu_engine():
