@@ -23,9 +23,10 @@ from transformers import set_seed
 from hf_sft.config import RecipeError, parse_recipe
 from hf_sft.core import pad_token_id
 from hf_sft.data.loading import prepare_train_dataset
-from hf_sft.evaluation.from_recipe import add_eval_callback
+from hf_sft.evaluation.from_recipe import add_eval_callback, check_shared_memory_before_work
 from hf_sft.training.devices import isolate_training_gpus
-from hf_sft.training.modeling import load_model, load_tokenizer
+from hf_sft.training.modeling import load_model, load_tokenizer, resolve_dtype
+from hf_sft.training.preflight import check_before_work
 from hf_sft.training.checkpoints import latest_complete_checkpoint
 from hf_sft.training.preemption import PreemptionCallback
 from hf_sft.reporting.run_report import build_run_report
@@ -63,9 +64,14 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         argv, before_training_args=lambda model_args, data_args, eval_args: isolate_training_gpus(eval_args))
     setup_logging(training_args)
     set_seed(training_args.seed)
-    logger.info("Output dir: %s", training_args.output_dir)
 
-    # 2. Tokenizer, then data (checked and tokenised before the model is loaded: bad input fails fast).
+    # 2. Every path the recipe names, the output dir's space and /dev/shm, before any work (one line naming
+    #    the key on failure, not a traceback after the training set is tokenised).
+    weight_dtype = resolve_dtype(model_args, training_args)
+    checked = check_before_work(model_args, data_args, eval_args, training_args, weight_dtype.itemsize)
+    check_shared_memory_before_work(eval_args, training_args, checked.num_parameters, weight_dtype)
+
+    # 3. Tokenizer, then data (checked and tokenised before the model is loaded: bad input fails fast).
     tokenizer = load_tokenizer(model_args)
     with training_args.main_process_first(desc="preparing the dataset"):
         prepared = prepare_train_dataset(data_args, tokenizer)
@@ -73,10 +79,10 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     logger.info("Training on %d examples (%d dropped as over-long, %d truncated)",
                 len(train_dataset), prepared.dropped_overlong, prepared.truncated)
 
-    # 3. Model.
+    # 4. Model.
     model = load_model(model_args, training_args, tokenizer)
 
-    # 4. Trainer with the response-only loss.
+    # 5. Trainer with the response-only loss.
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -86,10 +92,10 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     )
     use_project_trackers(trainer)  # report_to trackers with train_step / eval_step axes
 
-    # 5. Generation-based evaluation at eval_steps, as a callback.
+    # 6. Generation-based evaluation at eval_steps, as a callback.
     to_close = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)
 
-    # 6. Train (resuming when asked; SIGTERM saves a checkpoint and stops), then save the final model.
+    # 7. Train (resuming when asked; SIGTERM saves a checkpoint and stops), then save the final model.
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     try:

@@ -17,7 +17,8 @@ from hf_sft.config import RecipeError
 from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
 from hf_sft.evaluation.runner import EvalProblems
-from hf_sft.evaluation.snapshots import write_engine_model_dir
+from hf_sft.evaluation.snapshots import (SHM_HINT, SnapshotMemoryError, shm_free_bytes, torch_dtype,
+                                         write_engine_model_dir)
 from hf_sft.evaluation.messages import WorkerSpec
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
@@ -96,6 +97,21 @@ class LivePolicyVLLMBackend:
     def close(self) -> None:
         self.engine.close()
         shutil.rmtree(self.model_dir, ignore_errors=True)
+
+
+def check_shared_memory_before_work(eval_args, training_args, num_parameters: int | None, weight_dtype) -> None:
+    """eval_backend vllm (async): /dev/shm must hold one snapshot; from the parameter count, before any work.
+
+    The callback checks again from the loaded model (and warns when it holds fewer than the policy keeps).
+    """
+    if eval_args.eval_backend != "vllm" or eval_args.eval_mode != "async" or not num_parameters:
+        return
+    compute = "bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else None
+    dtype = torch_dtype(eval_args.eval_vllm_dtype or compute) or weight_dtype
+    nbytes, free = num_parameters * dtype.itemsize, shm_free_bytes()
+    if free < nbytes:
+        raise SnapshotMemoryError(f"eval_backend: vllm needs about {nbytes / 2**20:.1f} MB of /dev/shm per weight "
+                                  f"snapshot but it has {free / 2**20:.1f} MB free: {SHM_HINT}")
 
 
 def build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args) -> AsyncEvalCallback:
