@@ -130,7 +130,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         model_dir="", device=device, problems=problems, sampling=sampling_settings(eval_args),
         output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
         reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
-        log_level=training_args.get_process_log_level())
+        log_level=logging.getLogger("hf_sft").getEffectiveLevel())  # hf_sft's own (INFO by default)
     callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
                                  policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
                                  max_queued=eval_args.eval_queue_size)
@@ -173,8 +173,6 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
         callback = build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args)
         trainer.add_callback(callback)
-        logger.info("Evaluating with vllm on %s in a worker process at step 0 and every %s steps",
-                    callback.spec.device, training_args.eval_steps)
         return [callback]
     from hf_sft.evaluation.callback import GenerationEvalCallback
     from hf_sft.generation.hf import HFGenerationBackend
@@ -194,6 +192,24 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
         baseline=eval_args.eval_baseline, reward_fn=eval_args.eval_reward_fn,
         model_name=model_args.model_name_or_path or model_args.model_config or "",
     ))
-    logger.info("Evaluating with %s on %d problems of %s at step 0 and every %s steps", eval_args.eval_backend,
-                len(problems), data_args.eval_data, training_args.eval_steps)
     return closers
+
+
+def describe_eval(trainer, eval_args, data_args, training_args) -> str:
+    """The start block's eval line: backend, where it runs, what it evaluates, when."""
+    if eval_args.eval_backend == "none":
+        return "none (eval_backend: none)"
+    callback = next((c for c in trainer.callback_handler.callbacks
+                     if isinstance(c, AsyncEvalCallback) or hasattr(c, "problems")), None)
+    problems = callback.spec.problems if isinstance(callback, AsyncEvalCallback) else getattr(callback, "problems", [])
+    k = eval_args.eval_num_samples
+    if isinstance(callback, AsyncEvalCallback):
+        where = f"vllm in a worker process on {callback.spec.device} (training does not wait)"
+    elif eval_args.eval_backend == "vllm":
+        where = f"vllm in the training process on {eval_device_for(eval_args)} (eval_mode: blocking)"
+    else:
+        where = f"hf generate in the training process on {training_args.device}"
+    when = ", ".join((["step 0"] if eval_args.eval_baseline else []) + (
+        [f"every {training_args.eval_steps:g} steps and at the end"] if training_args.eval_steps else [])) or "no step"
+    return (f"{where}; {len(problems)} problems of {data_args.eval_data}, {k} sample{'s' if k > 1 else ''} each, "
+            f"at {when}")
