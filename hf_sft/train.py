@@ -26,7 +26,7 @@ from hf_sft.training.devices import isolate_training_gpus
 from hf_sft.training.modeling import load_model, load_tokenizer, resolve_dtype
 from hf_sft.training.preflight import check_before_work
 from hf_sft.training.checkpoints import latest_complete_checkpoint
-from hf_sft.training.console import setup_training_logging
+from hf_sft.training.console import quiet_trainer, setup_training_logging
 from hf_sft.training.preemption import PreemptionCallback
 from hf_sft.reporting.run_report import build_run_report
 from hf_sft.training.tracking import use_project_trackers
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         processing_class=tokenizer,
     )
     use_project_trackers(trainer)  # report_to trackers with train_step / eval_step axes
+    quiet_trainer(trainer)  # --log_level warning: no progress bar or printed metrics either
 
     # 6. Generation-based evaluation at eval_steps, as a callback.
     to_close = add_eval_callback(trainer, model_args, data_args, eval_args, training_args, tokenizer)

@@ -186,7 +186,8 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
         backend = LivePolicyVLLMBackend(trainer, eval_args) if trainer.is_world_process_zero() else None
         closers += [backend] if backend is not None else []
     else:
-        backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size)
+        backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size,
+                                      show_progress=logger.isEnabledFor(logging.INFO))  # no bar under --log_level warning
     trainer.add_callback(GenerationEvalCallback(
         trainer, backend, problems, sampling, grader, eval_steps=training_args.eval_steps,
         baseline=eval_args.eval_baseline, reward_fn=eval_args.eval_reward_fn,

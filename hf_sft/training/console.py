@@ -49,6 +49,22 @@ def setup_console_logging(own_level: int, library_level: int) -> None:
     logging.getLogger("hf_sft").setLevel(own_level)
     datasets.utils.logging.set_verbosity(min(library_level, logging.WARNING))
     transformers.utils.logging.set_verbosity(library_level)
+    if own_level > logging.INFO:  # --log_level warning: warnings and the final table, no bars either
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def quiet_trainer(trainer) -> None:
+    """Under ``--log_level warning`` the Trainer's own progress bar and printed metric dicts go too.
+
+    Trainer always adds ProgressCallback (or PrinterCallback with disable_tqdm), whatever the log level;
+    the metrics still reach log_history, the trackers and trainer_state.json.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if logging.getLogger("hf_sft").getEffectiveLevel() > logging.INFO:
+        for callback in (ProgressCallback, PrinterCallback):
+            trainer.remove_callback(callback)
 
 
 def setup_training_logging(training_args) -> int:
