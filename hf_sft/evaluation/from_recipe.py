@@ -90,9 +90,9 @@ class LivePolicyVLLMBackend:
                                             tokenizer=trainer.processing_class)
         self.push_s: list[float] = []
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, progress=None):
         self.push_s.append(self.engine.push_weights(trainer_state_dict_for_push(self.trainer)))
-        return self.engine.generate(prompts, sampling)
+        return self.engine.generate(prompts, sampling, progress)
 
     def close(self) -> None:
         self.engine.close()

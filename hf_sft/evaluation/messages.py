@@ -2,7 +2,7 @@
 
 Commands (trainer -> worker): `Init` once (carrying the `WorkerSpec`), then `Evaluate` per snapshot, then `Stop`.
 Replies (worker -> trainer): `Ready` once its engine is up (or `Fatal` if it could not start), then per
-eval `Released` (the snapshot buffer may be reused) and `Result` or `Failed`; `Broken` when it could not
+eval `Released` (the snapshot buffer may be reused), `Progress` for a long one, and `Result` or `Failed`; `Broken` when it could not
 read its next command (it exits after saying so); `WorkerLog` whenever it logs what the console should show.
 
 Module-level frozen dataclasses, so that they pickle across the spawn boundary by name; fields are read
@@ -114,6 +114,17 @@ class Fatal:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far the eval of ``step`` is: ``done`` of ``total`` samples ``stage`` ("generated" / "graded");
+    sent at most once per 30 s."""
+
+    step: int
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class WorkerLog:
     """A log record of the worker's that the console should show (an error, a memory warning), one line."""
 
@@ -123,4 +134,4 @@ class WorkerLog:
 
 
 COMMANDS = (Init, Evaluate, Stop)
-REPLIES = (Ready, Released, Result, Failed, Broken, Fatal, WorkerLog)
+REPLIES = (Ready, Released, Progress, Result, Failed, Broken, Fatal, WorkerLog)

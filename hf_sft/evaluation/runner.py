@@ -127,6 +127,28 @@ def summarize(records: list[dict], *, eval_step: int, sampling: SamplingSettings
     }
 
 
+PROGRESS_EVERY_S = 30.0
+
+
+class ThrottledProgress:
+    """``(stage, done, total)`` reports passed on to ``sink`` at most once per ``every_s`` (a long eval's
+    periodic progress line); the first one ``every_s`` after the start, so a short eval shows none."""
+
+    def __init__(self, sink, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+        self.sink, self.every_s, self.clock = sink, every_s, clock
+        self.last = clock()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.sink(stage, done, total)
+
+
+def progress_line(step: int, stage: str, done: int, total: int) -> str:
+    return f"eval of step {step}: {done}/{total} samples {stage}"
+
+
 def started_line(step: int, num_problems: int, num_samples: int) -> str:
     return f"eval of step {step} started ({num_problems} problems, {num_samples} sample{'s' if num_samples > 1 else ''} each)"
 
@@ -144,21 +166,27 @@ def done_line(summary: dict, summary_path) -> str:
 
 def run_evaluation(backend: GenerationBackend, problems: EvalProblems, sampling: SamplingSettings,
                    grader: GradingPool, *, eval_step: int, output_dir, model_name: str,
-                   reward_fn: str = "r1_zero", on_written=None) -> dict:
+                   reward_fn: str = "r1_zero", on_written=None, progress=None) -> dict:
     """Generate, grade, write `results/eval_logs/*` under output_dir, and return the summary.
 
-    Logs a started and a done line; ``on_written(summary_path)`` learns where the summary went.
+    Logs a started and a done line; ``on_written(summary_path)`` learns where the summary went;
+    ``progress(stage, done, total)`` ("generated" / "graded") is called as samples finish (default: a
+    `ThrottledProgress` logging a line at most every 30 s).
     """
+    if progress is None:
+        progress = ThrottledProgress(lambda stage, done, total: logger.info(progress_line(eval_step, stage, done, total)))
     start = time.perf_counter()
     k = sampling.num_samples
     logger.info(started_line(eval_step, len(problems), k))
     # k samples of a problem are k copies of its prompt: distinct draws on both backends (hf: one RNG stream
     # through all batches; vLLM: seed + index per request).
-    generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling)
+    generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling,
+                                   progress=lambda done, total: progress("generated", done, total))
     generation_s = time.perf_counter() - start
     grades = grader.grade([g.text for g in generations], [t for t in problems.ground_truths for _ in range(k)],
                           reward_fn=reward_fn, finish_reasons=[g.finish_reason for g in generations],
-                          compare=reward_spec(reward_fn).alternate is not None)
+                          compare=reward_spec(reward_fn).alternate is not None,
+                          progress=lambda done, total: progress("graded", done, total))
     records = build_records(problems, generations, grades, reward_fn=reward_fn, num_samples=k)
     summary = summarize(records, eval_step=eval_step, sampling=sampling, model=model_name, dataset=problems.dataset,
                         backend=backend.name, wall_time_s=time.perf_counter() - start, reward_fn=reward_fn)

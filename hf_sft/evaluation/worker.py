@@ -24,9 +24,10 @@ from typing import Callable
 
 import torch.multiprocessing as tmp
 
-from hf_sft.evaluation.messages import (Broken, Evaluate, Failed, Fatal, Init, Ready, Released, Result, Stop,
-                                        WorkerLog, WorkerSpec)
+from hf_sft.evaluation.messages import (Broken, Evaluate, Failed, Fatal, Init, Progress, Ready, Released, Result,
+                                        Stop, WorkerLog, WorkerSpec)
 from hf_sft.evaluation.results import worker_log_path
+from hf_sft.evaluation.runner import progress_line
 from hf_sft.evaluation.snapshots import SharedWeights
 from hf_sft.evaluation.worker_log import forward_to_console, one_line, send_output_to_log
 
@@ -59,7 +60,7 @@ def worker_main(commands, results) -> None:
     faulthandler.enable()  # a segfault in the engine leaves a traceback on stderr (the log file)
     grader = None
     try:
-        from hf_sft.evaluation.runner import run_evaluation
+        from hf_sft.evaluation.runner import ThrottledProgress, run_evaluation
         from hf_sft.grading.pool import GradingPool
         from hf_sft.generation.vllm import VLLMGenerationBackend, select_device
 
@@ -94,7 +95,9 @@ def worker_main(commands, results) -> None:
                 start, written = time.perf_counter(), []
                 summary = run_evaluation(backend, spec.problems, spec.sampling, grader, eval_step=step,
                                          output_dir=spec.output_dir, model_name=spec.model_name,
-                                         reward_fn=spec.reward_fn, on_written=written.append)
+                                         reward_fn=spec.reward_fn, on_written=written.append,
+                                         progress=ThrottledProgress(lambda stage, done, total, step=step: results.put(
+                                             Progress(step, stage, done, total))))
                 results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start,
                                    summary_path=written[0]))
             except Exception:
@@ -242,6 +245,8 @@ class WorkerSupervisor:
             logger.info("eval worker ready (engine started in %.1fs)", message.startup_s)
         elif isinstance(message, Released) and mine:
             on_reply(message)
+        elif isinstance(message, Progress) and mine:
+            logger.info(progress_line(message.step, message.stage, message.done, message.total))
         elif isinstance(message, Result) and mine:
             self.step = None
             self.failures_in_a_row = 0
