@@ -107,18 +107,21 @@ def _check_platform(device: str) -> None:
 
 def progress_bar_class(progress):
     """A tqdm class for ``LLM.generate(use_tqdm=...)`` (which takes a tqdm factory) that draws nothing and
-    reports each finished request to ``progress(done, total)``: vLLM counts finished requests through it."""
+    reports each finished request to ``progress(done, total)``. vLLM 0.32 builds it for its "Rendering prompts"
+    bar too (vllm/entrypoints/common/offline.py); only the "Processed prompts" one counts finished requests."""
     import io
 
     from tqdm import tqdm
 
     class _Report(tqdm):
         def __init__(self, *args, **kwargs):
+            self.counts_finished = kwargs.get("desc") == "Processed prompts"
             super().__init__(*args, **{**kwargs, "file": io.StringIO(), "mininterval": 0})
 
         def update(self, n=1):
             shown = super().update(n)
-            progress(self.n, self.total)
+            if self.counts_finished:
+                progress(self.n, self.total)
             return shown
 
     return _Report
