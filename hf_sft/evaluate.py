@@ -28,6 +28,7 @@ from hf_sft.evaluation.from_recipe import eval_problems, sampling_settings
 from hf_sft.evaluation.runner import run_evaluation
 from hf_sft.generation.hf import HFGenerationBackend
 from hf_sft.grading.pool import GradingPool
+from hf_sft.training.console import setup_console_logging
 from hf_sft.training.modeling import DTYPES, load_tokenizer
 
 logger = logging.getLogger("hf_sft.evaluate")
@@ -69,7 +70,8 @@ def default_output_dir(args: EvalCommandArguments) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args, eval_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # As train.py: hf_sft's lines (started, progress every 30 s, done) at INFO, the libraries at warning.
+    setup_console_logging(own_level=logging.INFO, library_level=logging.WARNING)
     if not args.model_name_or_path or not args.eval_data:
         raise SystemExit("hf-sft-eval: --model_name_or_path and --eval_data are required (or a recipe that sets them)")
     if eval_args.eval_backend not in ("hf", "none"):
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  trust_remote_code=args.trust_remote_code).to(args.device)
     problems = eval_problems(args, eval_args)  # as train.py loads them: same problems, prompts and subset
     sampling = sampling_settings(eval_args)
-    backend = HFGenerationBackend(model, tokenizer, batch_size=eval_args.eval_batch_size)
+    backend = HFGenerationBackend(model, tokenizer, batch_size=eval_args.eval_batch_size, show_progress=False)
     with GradingPool(timeout=eval_args.eval_grading_timeout) as grader:
         summary = run_evaluation(backend, problems, sampling, grader, eval_step=args.eval_step,
                                  output_dir=default_output_dir(args), model_name=args.model_name_or_path,

@@ -27,11 +27,12 @@ from transformers import TrainerCallback
 from hf_sft.evaluation.callback import log_side_metrics, should_evaluate
 from hf_sft.evaluation.messages import Released, Result
 from hf_sft.evaluation.results import completed_eval_steps, write_eval_failure
-from hf_sft.evaluation.runner import summary_to_metrics
+from hf_sft.evaluation.runner import done_line, started_line, summary_to_metrics
 from hf_sft.evaluation.snapshots import (SharedWeights, SnapshotMemoryError, SnapshotPool, check_shared_memory,
                                          snapshot_bytes, torch_dtype, write_engine_model_dir)
 from hf_sft.evaluation.messages import WorkerSpec
 from hf_sft.evaluation.worker import EvalLost, WorkerSupervisor
+from hf_sft.evaluation.worker_log import one_line
 from hf_sft.generation.vllm import trainer_state_dict_for_push
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class AsyncEvalCallback(TrainerCallback):
     def _dispatch(self) -> None:
         if self.inflight is not None or not self.pending:
             return
-        if self.supervisor.worker is None and not self.supervisor.start(self._model_dir):
+        if self.supervisor.worker is None and not self.supervisor.start(self._model_dir, self.pending[0].step):
             while self.pending:  # disabled after repeated failures
                 job = self.pending.popleft()
                 self.records[job.step] = EvalRecord(job.step, "skipped", job.stall_s, error="async eval disabled")
@@ -256,6 +257,7 @@ class AsyncEvalCallback(TrainerCallback):
             return
         if isinstance(reply, Released):
             job.released = True
+            logger.info(started_line(reply.step, len(self.spec.problems), self.spec.sampling.num_samples))
         elif isinstance(reply, Result):
             now = time.perf_counter()
             metrics = {**summary_to_metrics(reply.summary),
@@ -266,12 +268,15 @@ class AsyncEvalCallback(TrainerCallback):
                 metrics["eval/stall_fraction"] = round(self.stall_total_s / max(now - self.train_start, 1e-9), 5)
             self.records[reply.step] = EvalRecord(reply.step, "done", job.stall_s, metrics)
             self.inflight = None
+            now_at = self.trainer.state.global_step
+            late = f" (arrived at training step {now_at})" if now_at != reply.step else ""
+            logger.info("%s%s", done_line(reply.summary, reply.summary_path or "results/eval_logs"), late)
             log_side_metrics(self.trainer, {**metrics, "eval_step": reply.step})
         elif isinstance(reply, EvalLost):
             self._fail(job, reply.error)
 
     def _fail(self, job: _Job, error: str) -> None:
-        logger.error("%s\nTraining goes on.", error)
+        logger.error("%s. Training goes on; details in %s", one_line(error), self.supervisor.log_path)
         self.records[job.step] = EvalRecord(job.step, "failed", job.stall_s, error=error)
         write_eval_failure(self.spec.output_dir, job.step, error)
         self.inflight = None

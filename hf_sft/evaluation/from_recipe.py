@@ -18,7 +18,8 @@ from hf_sft.data.loading import load_eval_problems
 from hf_sft.evaluation.async_callback import AsyncEvalCallback
 from hf_sft.evaluation.colocation import colocate_engine
 from hf_sft.evaluation.runner import EvalProblems
-from hf_sft.evaluation.snapshots import snapshot_bytes, torch_dtype, write_engine_model_dir
+from hf_sft.evaluation.snapshots import (SHM_HINT, SnapshotMemoryError, shm_free_bytes, snapshot_bytes, torch_dtype,
+                                         write_engine_model_dir)
 from hf_sft.evaluation.messages import WorkerSpec
 from hf_sft.generation.base import SamplingSettings
 from hf_sft.generation.vllm import INSTALL_HINT, trainer_state_dict_for_push
@@ -95,13 +96,28 @@ class LivePolicyVLLMBackend:
                                             tokenizer=trainer.processing_class)
         self.push_s: list[float] = []
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, progress=None):
         self.push_s.append(self.engine.push_weights(trainer_state_dict_for_push(self.trainer)))
-        return self.engine.generate(prompts, sampling)
+        return self.engine.generate(prompts, sampling, progress)
 
     def close(self) -> None:
         self.engine.close()
         shutil.rmtree(self.model_dir, ignore_errors=True)
+
+
+def check_shared_memory_before_work(eval_args, training_args, num_parameters: int | None, weight_dtype) -> None:
+    """eval_backend vllm (async): /dev/shm must hold one snapshot; from the parameter count, before any work.
+
+    The callback checks again from the loaded model (and warns when it holds fewer than the policy keeps).
+    """
+    if eval_args.eval_backend != "vllm" or eval_args.eval_mode != "async" or not num_parameters:
+        return
+    compute = "bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else None
+    dtype = torch_dtype(eval_args.eval_vllm_dtype or compute) or weight_dtype
+    nbytes, free = num_parameters * dtype.itemsize, shm_free_bytes()
+    if free < nbytes:
+        raise SnapshotMemoryError(f"eval_backend: vllm needs about {nbytes / 2**20:.1f} MB of /dev/shm per weight "
+                                  f"snapshot but it has {free / 2**20:.1f} MB free: {SHM_HINT}")
 
 
 def build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args) -> AsyncEvalCallback:
@@ -125,7 +141,7 @@ def build_async_eval_callback(trainer, model_args, data_args, eval_args, trainin
         model_dir="", device=device, problems=problems, sampling=sampling_settings(eval_args),
         output_dir=training_args.output_dir, model_name=model_args.model_name_or_path or model_args.model_config or "",
         reward_fn=eval_args.eval_reward_fn, grading_timeout=eval_args.eval_grading_timeout, engine=engine,
-        log_level=training_args.get_process_log_level())
+        log_level=logging.getLogger("hf_sft").getEffectiveLevel())  # hf_sft's own (INFO by default)
     callback = AsyncEvalCallback(trainer, spec, eval_steps=training_args.eval_steps, baseline=eval_args.eval_baseline,
                                  policy=eval_args.eval_policy, eval_timeout_s=eval_args.eval_timeout_s or None,
                                  max_queued=eval_args.eval_queue_size,
@@ -169,8 +185,6 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
     if eval_args.eval_backend == "vllm" and eval_args.eval_mode == "async":
         callback = build_async_eval_callback(trainer, model_args, data_args, eval_args, training_args)
         trainer.add_callback(callback)
-        logger.info("Evaluating with vllm on %s in a worker process at step 0 and every %s steps",
-                    callback.spec.device, training_args.eval_steps)
         return [callback]
     from hf_sft.evaluation.callback import GenerationEvalCallback
     from hf_sft.generation.hf import HFGenerationBackend
@@ -184,12 +198,31 @@ def add_eval_callback(trainer, model_args, data_args, eval_args, training_args, 
         backend = LivePolicyVLLMBackend(trainer, eval_args) if trainer.is_world_process_zero() else None
         closers += [backend] if backend is not None else []
     else:
-        backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size)
+        backend = HFGenerationBackend(trainer.model, tokenizer, batch_size=eval_args.eval_batch_size,
+                                      show_progress=logger.isEnabledFor(logging.INFO))  # no bar under --log_level warning
     trainer.add_callback(GenerationEvalCallback(
         trainer, backend, problems, sampling, grader, eval_steps=training_args.eval_steps,
         baseline=eval_args.eval_baseline, reward_fn=eval_args.eval_reward_fn,
         model_name=model_args.model_name_or_path or model_args.model_config or "",
     ))
-    logger.info("Evaluating with %s on %d problems of %s at step 0 and every %s steps", eval_args.eval_backend,
-                len(problems), data_args.eval_data, training_args.eval_steps)
     return closers
+
+
+def describe_eval(trainer, eval_args, data_args, training_args) -> str:
+    """The start block's eval line: backend, where it runs, what it evaluates, when."""
+    if eval_args.eval_backend == "none":
+        return "none (eval_backend: none)"
+    callback = next((c for c in trainer.callback_handler.callbacks
+                     if isinstance(c, AsyncEvalCallback) or hasattr(c, "problems")), None)
+    problems = callback.spec.problems if isinstance(callback, AsyncEvalCallback) else getattr(callback, "problems", [])
+    k = eval_args.eval_num_samples
+    if isinstance(callback, AsyncEvalCallback):
+        where = f"vllm in a worker process on {callback.spec.device} (training does not wait)"
+    elif eval_args.eval_backend == "vllm":
+        where = f"vllm in the training process on {eval_device_for(eval_args)} (eval_mode: blocking)"
+    else:
+        where = f"hf generate in the training process on {training_args.device}"
+    when = ", ".join((["step 0"] if eval_args.eval_baseline else []) + (
+        [f"every {training_args.eval_steps:g} steps and at the end"] if training_args.eval_steps else [])) or "no step"
+    return (f"{where}; {len(problems)} problems of {data_args.eval_data}, {k} sample{'s' if k > 1 else ''} each, "
+            f"at {when}")

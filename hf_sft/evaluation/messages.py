@@ -2,8 +2,8 @@
 
 Commands (trainer -> worker): `Init` once (carrying the `WorkerSpec`), then `Evaluate` per snapshot, then `Stop`.
 Replies (worker -> trainer): `Ready` once its engine is up (or `Fatal` if it could not start), then per
-eval `Released` (the snapshot buffer may be reused) and `Result` or `Failed`; `Broken` when it could not
-read its next command (it exits after saying so).
+eval `Released` (the snapshot buffer may be reused), `Progress` for a long one, and `Result` or `Failed`; `Broken` when it could not
+read its next command (it exits after saying so); `WorkerLog` whenever it logs what the console should show.
 
 Module-level frozen dataclasses, so that they pickle across the spawn boundary by name; fields are read
 by name, never by position.
@@ -40,6 +40,7 @@ class WorkerSpec:
     grading_workers: int | None = None
     engine: EngineOptions = field(default_factory=lambda: EngineOptions(load_format="dummy"))
     log_level: int = logging.INFO
+    first_step: int | None = None  # the eval this worker is started for, in the header of results/eval_worker.log
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Result:
     summary: dict
     push_s: float
     eval_s: float
+    summary_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,5 +113,25 @@ class Fatal:
     traceback: str
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far the eval of ``step`` is: ``done`` of ``total`` samples ``stage`` ("generated" / "graded");
+    sent at most once per 30 s."""
+
+    step: int
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class WorkerLog:
+    """A log record of the worker's that the console should show (an error, a memory warning), one line."""
+
+    level: int
+    logger: str
+    message: str
+
+
 COMMANDS = (Init, Evaluate, Stop)
-REPLIES = (Ready, Released, Result, Failed, Broken, Fatal)
+REPLIES = (Ready, Released, Progress, Result, Failed, Broken, Fatal, WorkerLog)

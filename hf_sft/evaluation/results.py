@@ -69,6 +69,18 @@ def write_eval_failure(output_dir, eval_step: int, error: str) -> Path:
     return path
 
 
+def worker_log_path(output_dir) -> Path:
+    """results/eval_worker.log: the eval worker's own output (vLLM's logging, warnings, stderr), appended."""
+    return Path(output_dir) / "results" / "eval_worker.log"
+
+
+def open_worker_log(output_dir) -> tuple[Path, int]:
+    """The worker log's path and a file descriptor appending to it (the worker points its stdout/stderr there)."""
+    path = worker_log_path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
 def completed_eval_steps(output_dir) -> set[int]:
     """Steps with a summary on disk (a summary is written after its per-example log)."""
     return {s["eval_step"] for s in read_summaries(output_dir) if "eval_step" in s}

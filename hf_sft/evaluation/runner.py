@@ -127,26 +127,76 @@ def summarize(records: list[dict], *, eval_step: int, sampling: SamplingSettings
     }
 
 
+PROGRESS_EVERY_S = 30.0
+
+
+class ThrottledProgress:
+    """``(stage, done, total)`` reports passed on to ``sink`` at most once per ``every_s`` (a long eval's
+    periodic progress line); the first one ``every_s`` after the start, so a short eval shows none."""
+
+    def __init__(self, sink, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+        self.sink, self.every_s, self.clock = sink, every_s, clock
+        self.last = clock()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.sink(stage, done, total)
+
+
+def progress_line(step: int, stage: str, done: int, total: int) -> str:
+    return f"eval of step {step}: {done}/{total} samples {stage}"
+
+
+def started_line(step: int, num_problems: int, num_samples: int) -> str:
+    return f"eval of step {step} started ({num_problems} problems, {num_samples} sample{'s' if num_samples > 1 else ''} each)"
+
+
+def done_line(summary: dict, summary_path) -> str:
+    """One line per finished eval: accuracy with its 95% interval, format accuracy, speed, time, where it went."""
+    m = summary["metrics"]
+    lo, hi = summary["confidence_intervals"]["accuracy"] or (0.0, 0.0)
+    speed = (summary.get("generation") or {}).get("tokens_per_s")
+    return (f"eval of step {summary['eval_step']} done: accuracy {100 * m['accuracy']:.1f}% [{100 * lo:.1f}, "
+            f"{100 * hi:.1f}], format {100 * m['format_accuracy']:.1f}%, "
+            + (f"{speed:,.0f} tokens/s, " if speed is not None else "")
+            + f"{summary['wall_time_s']:.1f} s, results -> {summary_path}")
+
+
 def run_evaluation(backend: GenerationBackend, problems: EvalProblems, sampling: SamplingSettings,
                    grader: GradingPool, *, eval_step: int, output_dir, model_name: str,
-                   reward_fn: str = "r1_zero") -> dict:
-    """Generate, grade, write `results/eval_logs/*` under output_dir, and return the summary."""
+                   reward_fn: str = "r1_zero", on_written=None, progress=None) -> dict:
+    """Generate, grade, write `results/eval_logs/*` under output_dir, and return the summary.
+
+    Logs a started and a done line; ``on_written(summary_path)`` learns where the summary went;
+    ``progress(stage, done, total)`` ("generated" / "graded") is called as samples finish (default: a
+    `ThrottledProgress` logging a line at most every 30 s).
+    """
+    if progress is None:
+        progress = ThrottledProgress(lambda stage, done, total: logger.info(progress_line(eval_step, stage, done, total)))
     start = time.perf_counter()
     k = sampling.num_samples
+    logger.info(started_line(eval_step, len(problems), k))
     # k samples of a problem are k copies of its prompt: distinct draws on both backends (hf: one RNG stream
     # through all batches; vLLM: seed + index per request).
-    generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling)
+    generations = backend.generate([p for p in problems.prompts for _ in range(k)], sampling,
+                                   progress=lambda done, total: progress("generated", done, total))
+    generation_s = time.perf_counter() - start
     grades = grader.grade([g.text for g in generations], [t for t in problems.ground_truths for _ in range(k)],
                           reward_fn=reward_fn, finish_reasons=[g.finish_reason for g in generations],
-                          compare=reward_spec(reward_fn).alternate is not None)
+                          compare=reward_spec(reward_fn).alternate is not None,
+                          progress=lambda done, total: progress("graded", done, total))
     records = build_records(problems, generations, grades, reward_fn=reward_fn, num_samples=k)
     summary = summarize(records, eval_step=eval_step, sampling=sampling, model=model_name, dataset=problems.dataset,
                         backend=backend.name, wall_time_s=time.perf_counter() - start, reward_fn=reward_fn)
+    tokens = sum(g.num_tokens for g in generations)
+    summary["generation"] = {"seconds": round(generation_s, 3), "tokens": tokens,
+                             "tokens_per_s": round(tokens / generation_s, 1) if generation_s > 0 else None}
     _, summary_path = write_eval_results(output_dir, eval_step, records, summary)
-    m, ci = summary["metrics"], summary["confidence_intervals"]["accuracy"] or [0.0, 0.0]
-    logger.info("eval step %d: accuracy %.3f [%.3f, %.3f], format accuracy %.3f, avg length %s (%d examples, "
-                "%.1fs) -> %s", eval_step, m["accuracy"], ci[0], ci[1], m["format_accuracy"],
-                m["avg_response_length"], len(records), summary["wall_time_s"], summary_path)
+    if on_written is not None:
+        on_written(str(summary_path))
+    logger.info(done_line(summary, summary_path))
     return summary
 
 

@@ -24,9 +24,12 @@ from typing import Callable
 
 import torch.multiprocessing as tmp
 
-from hf_sft.evaluation.messages import (Broken, Evaluate, Failed, Fatal, Init, Ready, Released, Result, Stop,
-                                        WorkerSpec)
+from hf_sft.evaluation.messages import (Broken, Evaluate, Failed, Fatal, Init, Progress, Ready, Released, Result,
+                                        Stop, WorkerLog, WorkerSpec)
+from hf_sft.evaluation.results import worker_log_path
+from hf_sft.evaluation.runner import progress_line
 from hf_sft.evaluation.snapshots import SharedWeights
+from hf_sft.evaluation.worker_log import forward_to_console, one_line, send_output_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +55,12 @@ def worker_main(commands, results) -> None:
     """The worker's loop: start the grader and the engine, then serve evals until told to stop."""
     _exit_with_parent()
     spec = commands.get().spec
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s[eval-worker]: %(message)s", level=spec.log_level)
-    logging.getLogger("hf_sft").setLevel(spec.log_level)
-    faulthandler.enable()  # a segfault in the engine leaves a traceback on stderr
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # Its output (vLLM's logging, warnings, stderr) goes to results/eval_worker.log, not to the trainer's console.
+    send_output_to_log(spec.output_dir, spec.first_step, spec.model_dir, spec.log_level)
+    faulthandler.enable()  # a segfault in the engine leaves a traceback on stderr (the log file)
     grader = None
     try:
-        from hf_sft.evaluation.runner import run_evaluation
+        from hf_sft.evaluation.runner import ThrottledProgress, run_evaluation
         from hf_sft.grading.pool import GradingPool
         from hf_sft.generation.vllm import VLLMGenerationBackend, select_device
 
@@ -67,16 +69,19 @@ def worker_main(commands, results) -> None:
         grader = GradingPool(num_workers=spec.grading_workers, timeout=spec.grading_timeout)
         backend = VLLMGenerationBackend(spec.model_dir, device=spec.device, options=spec.engine)
     except BaseException:
+        logger.error("the eval worker could not start", exc_info=True)
         results.put(Fatal(traceback.format_exc()))
         if grader is not None:
             grader.close()
         return
+    forward_to_console(results)  # after the engine is up: vLLM reconfigures its logger while it starts
     results.put(Ready(backend.startup_s))
     try:
         while True:
             try:
                 message = commands.get()
             except Exception:  # e.g. out of memory mapping the next snapshot: say why before exiting
+                logger.error("could not read the next command", exc_info=True)
                 results.put(Broken(traceback.format_exc()))
                 break
             if isinstance(message, Stop):
@@ -87,13 +92,17 @@ def worker_main(commands, results) -> None:
                 push_s = backend.push_weights(weights.named_tensors())
                 del weights  # the parent may now overwrite that buffer
                 results.put(Released(step, push_s))
-                start = time.perf_counter()
+                start, written = time.perf_counter(), []
                 summary = run_evaluation(backend, spec.problems, spec.sampling, grader, eval_step=step,
                                          output_dir=spec.output_dir, model_name=spec.model_name,
-                                         reward_fn=spec.reward_fn)
-                results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start))
+                                         reward_fn=spec.reward_fn, on_written=written.append,
+                                         progress=ThrottledProgress(lambda stage, done, total, step=step: results.put(
+                                             Progress(step, stage, done, total))))
+                results.put(Result(step, summary, push_s=push_s, eval_s=time.perf_counter() - start,
+                                   summary_path=written[0]))
                 backend.rest()  # eval_vllm_sleep_level: give the GPU memory back until the next push
             except Exception:
+                logger.error("eval of step %d failed", step, exc_info=True)
                 results.put(Failed(step, traceback.format_exc()))
     finally:
         grader.close()
@@ -193,17 +202,23 @@ class WorkerSupervisor:
         self.step: int | None = None  # the eval submitted to the current worker, until its result or loss
         self.submitted_at: float | None = None
 
-    def start(self, model_dir: str | None) -> bool:
-        """A new worker, unless too many failed in a row (then ``disabled``, and False)."""
+    @property
+    def log_path(self) -> str:
+        return str(worker_log_path(self.spec.output_dir))
+
+    def start(self, model_dir: str | None, step: int | None = None) -> bool:
+        """A new worker (for the eval of ``step``), unless too many failed in a row (then ``disabled``, and False)."""
         if self.failures_in_a_row > self.max_restarts:
             self.disabled = True
             logger.error("async eval disabled: the eval worker failed %d times in a row; training goes on "
-                         "without evaluation. Last error:\n%s", self.failures_in_a_row, self.last_error)
+                         "without evaluation. Last error: %s (details in %s)", self.failures_in_a_row,
+                         one_line(self.last_error or "none"), self.log_path)
             return False
-        self.worker = EvalWorker(replace(self.spec, model_dir=model_dir))
+        self.worker = EvalWorker(replace(self.spec, model_dir=model_dir, first_step=step))
         self.ready = False
         self.starts += 1
-        logger.info("started eval worker (pid %d) for %s on %s", self.worker.pid, model_dir, self.spec.device)
+        logger.info("started eval worker (pid %d) on %s; its output goes to %s", self.worker.pid, self.spec.device,
+                    self.log_path)
         return True
 
     def submit(self, step: int, weights: SharedWeights) -> None:
@@ -235,6 +250,8 @@ class WorkerSupervisor:
             logger.info("eval worker ready (engine started in %.1fs)", message.startup_s)
         elif isinstance(message, Released) and mine:
             on_reply(message)
+        elif isinstance(message, Progress) and mine:
+            logger.info(progress_line(message.step, message.stage, message.done, message.total))
         elif isinstance(message, Result) and mine:
             self.step = None
             self.failures_in_a_row = 0
@@ -251,7 +268,10 @@ class WorkerSupervisor:
             self.last_error = message.traceback
         elif isinstance(message, Fatal):
             self.last_error = message.traceback
-            logger.error("eval worker could not start:\n%s", message.traceback)
+            logger.error("eval worker could not start: %s (traceback in %s)", one_line(message.traceback),
+                         self.log_path)
+        elif isinstance(message, WorkerLog):
+            logger.log(message.level, "eval worker: %s: %s (see %s)", message.logger, message.message, self.log_path)
 
     def _lose(self, on_reply, step: int, error: str) -> None:
         self.step = None

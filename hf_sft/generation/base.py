@@ -37,9 +37,11 @@ class Generation:
 
 
 class GenerationBackend(Protocol):
+    """``progress(done, total)``, when given, is called as generations finish (a long eval's progress line)."""
+
     name: str
 
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Generation]: ...
+    def generate(self, prompts: list[str], sampling: SamplingSettings, progress=None) -> list[Generation]: ...
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

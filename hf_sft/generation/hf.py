@@ -68,7 +68,7 @@ class HFGenerationBackend:
         self.show_progress = show_progress
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: SamplingSettings, progress=None) -> list[Generation]:
         tok = self.tokenizer
         pad_id = pad_token_id(tok)
         was_training = self.model.training
@@ -80,6 +80,8 @@ class HFGenerationBackend:
                 torch.manual_seed(sampling.seed)
                 for start in tqdm(starts, desc="Generating", disable=not self.show_progress, leave=False):
                     results.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, pad_id))
+                    if progress is not None:
+                        progress(len(results), len(prompts))
         finally:
             if was_training:
                 self.model.train()

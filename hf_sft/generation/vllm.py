@@ -113,6 +113,28 @@ def _check_platform(device: str) -> None:
         raise RuntimeError(f"eval_device is {device!r} but the installed vLLM is {have}")
 
 
+def progress_bar_class(progress):
+    """A tqdm class for ``LLM.generate(use_tqdm=...)`` (which takes a tqdm factory) that draws nothing and
+    reports each finished request to ``progress(done, total)``. vLLM 0.32 builds it for its "Rendering prompts"
+    bar too (vllm/entrypoints/common/offline.py); only the "Processed prompts" one counts finished requests."""
+    import io
+
+    from tqdm import tqdm
+
+    class _Report(tqdm):
+        def __init__(self, *args, **kwargs):
+            self.counts_finished = kwargs.get("desc") == "Processed prompts"
+            super().__init__(*args, **{**kwargs, "file": io.StringIO(), "mininterval": 0})
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.counts_finished:
+                progress(self.n, self.total)
+            return shown
+
+    return _Report
+
+
 class VLLMGenerationBackend:
     """`GenerationBackend` on a vLLM engine: batched, continuous batching, stop strings kept.
 
@@ -158,20 +180,21 @@ class VLLMGenerationBackend:
                                seed=sampling.seed + i if sampling.per_request_seeds else None)
                 for i in range(n_prompts)]
 
-    def generate_outputs(self, prompts: list[str], sampling: SamplingSettings) -> list:
+    def generate_outputs(self, prompts: list[str], sampling: SamplingSettings, progress=None) -> list:
         """vLLM's own `CompletionOutput`s (text, token_ids, finish_reason), one per prompt."""
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": row} for row in ids]
-        outputs = self.llm.generate(requests, self.sampling_params(sampling, len(prompts)), use_tqdm=False)
+        use_tqdm = False if progress is None else progress_bar_class(progress)
+        outputs = self.llm.generate(requests, self.sampling_params(sampling, len(prompts)), use_tqdm=use_tqdm)
         return [o.outputs[0] for o in outputs]
 
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: SamplingSettings, progress=None) -> list[Generation]:
         if not prompts:
             return []
         return [Generation(text=out.text, num_tokens=len(out.token_ids),
                            finish_reason="stop" if out.finish_reason == "stop" else "length",
                            token_entropy=None)
-                for out in self.generate_outputs(prompts, sampling)]
+                for out in self.generate_outputs(prompts, sampling, progress)]
 
     def push_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> float:
         """Load new weights into the running engine (woken first if it sleeps); returns the seconds it took."""

@@ -99,10 +99,11 @@ class GradingPool:
             self._workers = []
 
     def grade(self, responses, ground_truths, reward_fn: str = "r1_zero", finish_reasons=None, *,
-              fast_path: bool = True, compare: bool = False) -> list[GradeResult]:
+              fast_path: bool = True, compare: bool = False, progress=None) -> list[GradeResult]:
         """One ``GradeResult`` per response, in order. Timed-out or failed items score 0 and say so.
 
         ``compare``: also grade with the other r1_zero grader (``alternate_reward``), within the same deadline.
+        ``progress(done, total)`` is called as items finish (a long eval's progress line).
         """
         spec = reward_spec(reward_fn)  # ValueError naming the choices
         responses, ground_truths = list(responses), list(ground_truths)
@@ -115,12 +116,12 @@ class GradingPool:
         with self._lock:
             if not self._workers:
                 raise RuntimeError("GradingPool is closed")
-            graded = self._run(tasks)
+            graded = self._run(tasks, progress)
         return [g.result for g in graded]
 
     # -- the loop: dispatch chunks to idle workers, collect rows, kill what is past its deadline
 
-    def _run(self, tasks: list[GradeTask]) -> list[Graded]:
+    def _run(self, tasks: list[GradeTask], progress=None) -> list[Graded]:
         rows: list[Graded | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         left = len(tasks)
@@ -130,6 +131,8 @@ class GradingPool:
             for w in [w for w in self._workers if w.conn in ready]:
                 left -= self._collect(w, tasks, rows, pending)
             left -= self._enforce_deadlines(tasks, rows, pending)
+            if progress is not None:
+                progress(len(tasks) - left, len(tasks))
         return rows
 
     def _dispatch(self, tasks: list[GradeTask], pending: deque) -> None:

@@ -13,17 +13,18 @@ import torch.multiprocessing  # noqa: F401  (registers the reductions that share
 from multiprocessing.reduction import ForkingPickler
 
 from hf_sft.evaluation import messages
-from hf_sft.evaluation.messages import (COMMANDS, REPLIES, Broken, Evaluate, Failed, Fatal, Init, Ready, Released,
-                                        Result, Stop, WorkerSpec)
+from hf_sft.evaluation.messages import (COMMANDS, REPLIES, Broken, Evaluate, Failed, Fatal, Init, Progress, Ready, Released,
+                                        Result, Stop, WorkerLog, WorkerSpec)
 from hf_sft.evaluation.runner import EvalProblems
 from hf_sft.evaluation.snapshots import SharedWeights
 from hf_sft.generation.base import SamplingSettings
 
 SPEC = WorkerSpec(model_dir="/tmp/model", device="cpu", problems=EvalProblems(["1+1="], ["1+1"], ["2"], "inline"),
                   sampling=SamplingSettings(temperature=0.0, max_new_tokens=8), output_dir="/tmp/run")
-PLAIN = [Init(SPEC), Stop(), Ready(1.5), Released(4, 0.25), Failed(4, "Traceback ...\nMemoryError"),
+PLAIN = [Init(SPEC), Stop(), Ready(1.5), Released(4, 0.25), Progress(4, "generated", 40, 100), Failed(4, "Traceback ...\nMemoryError"),
          Result(4, {"eval_step": 4, "metrics": {"accuracy": 0.5}}, push_s=0.25, eval_s=3.0),
-         Broken("Traceback ...\nOSError"), Fatal("Traceback ...\nRuntimeError: no CUDA")]
+         Broken("Traceback ...\nOSError"), Fatal("Traceback ...\nRuntimeError: no CUDA"),
+         WorkerLog(40, "vllm.engine", "engine core died")]
 
 
 def test_every_message_class_is_a_frozen_module_level_dataclass_and_is_listed():

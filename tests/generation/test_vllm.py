@@ -168,7 +168,10 @@ def test_sampling_is_reproducible_and_independent_of_batching(engine, demo_asset
     settings = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=16, stop=["</answer>"], seed=7,
                                 per_request_seeds=True)
     first = engine.generate(prompts, settings)
-    assert [g.text for g in first] == [g.text for g in engine.generate(prompts, settings)]
+    reports = []  # progress (a long eval's line) counts finished requests and changes nothing generated
+    assert [g.text for g in first] == [g.text for g in engine.generate(prompts, settings, progress=lambda *r:
+                                                                       reports.append(r))]
+    assert reports and reports[-1] == (len(prompts), len(prompts)) and len(reports) <= len(prompts)
     # Prompt 0 has seed 7 whether it is sampled alone or in a batch.
     assert engine.generate(prompts[:1], settings)[0].text == first[0].text
     assert len({g.text for g in first}) > 1
