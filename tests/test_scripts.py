@@ -72,7 +72,8 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
            "PYTHONUNBUFFERED": "1", "SLURM_JOB_ID": "4242", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("SLURM_SUBMIT_DIR", None)
     cmd = ["bash", "scripts/run_sft_slurm.sh", "recipes/demo.yaml", "--output_dir", str(out), "--max_steps", "60",
-           "--logging_steps", "1", "--eval_backend", "none", "--save_strategy", "no"]
+           "--logging_steps", "1", "--eval_backend", "none", "--save_strategy", "no",
+           "--per_device_train_batch_size", "4"]  # steps of 4: the test is about the signal, not the learning
     log = tmp_path / "slurm.out"
     with open(log, "w") as sink:
         job = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -47,15 +47,16 @@ def test_a_second_claim_names_the_first():
         assert claim(Path(d), "smollm2") is None
 
 
-def run_mini_suite(tmp_path: Path, dist: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_mini_suite(tmp_path: Path, dist: str, accounted: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
     (tmp_path / "test_grouped.py").write_text(GROUPED_MODULE)
-    (tmp_path / "conftest.py").write_text(CONFTEST)
+    if accounted:  # the budget plugin imports torch to measure the machine: only where the test reads it
+        (tmp_path / "conftest.py").write_text(CONFTEST)
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "HF_SFT_TEST_DURATIONS": "durations.json"}
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", dist, "-p", "no:cacheprovider",
                            "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    return proc, json.loads((tmp_path / "durations.json").read_text())
+    return proc, json.loads((tmp_path / "durations.json").read_text()) if accounted else {}
 
 
 def test_grouped_fixture_starts_once_and_the_run_is_accounted(tmp_path):
@@ -72,10 +73,9 @@ def test_grouped_fixture_starts_once_and_the_run_is_accounted(tmp_path):
 
 def test_broken_grouping_fails_instead_of_running_twice(tmp_path):
     """`--dist load` ignores xdist_group: as when pytest 9.2 broke loadgroup, both workers build the run."""
-    proc, record = run_mini_suite(tmp_path, "load")
+    proc, _ = run_mini_suite(tmp_path, "load", accounted=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "'shared_run' was started a second time in this pytest run" in proc.stdout
-    assert record["outcomes"].get("failed", 0) >= 1
 
 
 def record(cpu_s: float, gflops: float, isa: str = "AVX2", **extra) -> dict:
