@@ -13,7 +13,7 @@ worker's side (its loop and the messages on its pipe) is ``hf_sft.grading.pool_w
 
 Workers start with the ``forkserver`` method (``spawn`` where unavailable), never ``fork``: the trainer has
 torch threads. The forkserver preloads this package and math-verify, so a replacement worker starts in
-milliseconds. Each worker caps its heap growth (``RLIMIT_DATA``) so one ``10^{10^{10}}`` cannot exhaust RAM.
+milliseconds, and never the caller's script (``forkserver_main``). Each worker caps its heap growth (``RLIMIT_DATA``) so one ``10^{10^{10}}`` cannot exhaust RAM.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import time
 from collections import deque
 from multiprocessing.connection import wait
 
-from hf_sft.grading import lenient_equal, lenient_normalize, pool_worker, reference, reference_normalize, registry
+from hf_sft.grading import forkserver_main, lenient_equal, lenient_normalize, pool_worker, reference, \
+    reference_normalize, registry
 from hf_sft.grading.pool_worker import GradeTask, Graded, WorkerReady, fallback, worker_main
 from hf_sft.grading.registry import GradeResult, reward_spec
 
@@ -38,8 +39,9 @@ READY_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 # Module objects, not strings: the forkserver silently skips a preload name that fails to import, so a stale
 # string would quietly lose the warm start. registry imports the graders; the rest are what they import lazily.
-PRELOAD = ["__main__", *(m.__name__ for m in (registry, lenient_normalize, lenient_equal, reference, reference_normalize,
-                                              pool_worker)), __name__, "math_verify", "pylatexenc.latex2text"]
+# Not "__main__": forkserver_main (first) keeps the caller's script, e.g. train.py and all of torch, out of them.
+PRELOAD = [*(m.__name__ for m in (forkserver_main, registry, lenient_normalize, lenient_equal, reference,
+                                  reference_normalize, pool_worker)), __name__, "math_verify", "pylatexenc.latex2text"]
 
 
 class _Worker:
@@ -222,4 +224,20 @@ def _context(start_method: str | None):
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(PRELOAD)
+        _start_forkserver()
     return ctx
+
+
+def _start_forkserver() -> None:
+    """Start the (process-wide) forkserver now, telling it the name of our ``__main__`` (forkserver_main).
+    A no-op when it already runs; the variable is gone again before anything else starts."""
+    from multiprocessing import forkserver
+    old = os.environ.get(forkserver_main.ENV)
+    os.environ[forkserver_main.ENV] = forkserver_main.describe_main()
+    try:
+        forkserver.ensure_running()
+    finally:
+        if old is None:
+            os.environ.pop(forkserver_main.ENV, None)
+        else:
+            os.environ[forkserver_main.ENV] = old

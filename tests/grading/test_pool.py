@@ -267,6 +267,36 @@ def test_closed_pool_refuses_work():
 def test_forkserver_preload_names_all_import():
     """CPython's forkserver skips a preload name that fails to import, silently losing the warm start."""
     for name in pool_module.PRELOAD:
-        if name != "__main__":
-            importlib.import_module(name)
+        importlib.import_module(name)
     assert {"hf_sft.grading.registry", "hf_sft.grading.pool_worker", pool_module.__name__} <= set(pool_module.PRELOAD)
+    assert "__main__" not in pool_module.PRELOAD
+
+
+CALLER_SCRIPT = """
+import os, sys
+with open(os.environ["IMPORT_LOG"], "a") as f:  # every process that runs this file says so
+    f.write(f"{__name__} {os.getpid()}\\n")
+if __name__ == "__main__":
+    from hf_sft.grading.pool import GradingPool
+    with GradingPool(num_workers=2, timeout=30) as pool:
+        results = pool.grade(["<think>1+1</think> <answer>2</answer>"] * 4, ["2"] * 4)
+    print(sum(r.reward for r in results))
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_workers_do_not_import_the_callers_script(tmp_path, how):
+    """multiprocessing re-runs the caller's __main__ in each forkserver child unless told it is already there:
+    under train.py that was torch and transformers (~9 s of CPU) in a pool that needs only the graders."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "caller_script.py").write_text(CALLER_SCRIPT)
+    log = tmp_path / "imports.log"
+    argv = [sys.executable, *(["caller_script.py"] if how == "script" else ["-m", "caller_script"])]
+    env = {**os.environ, "IMPORT_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "4.0"
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["__main__"]
