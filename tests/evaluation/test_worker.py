@@ -15,63 +15,8 @@ import time
 
 import pytest
 
+from tests.expensive_runs import start_once
 from tests.helpers import KillWorkerMidEval, REPO_ROOT, add_async_eval, eval_logs, make_demo_trainer, needs_vllm
-
-
-@needs_vllm
-@pytest.mark.slow
-def test_a_killed_worker_does_not_stop_training_and_the_next_eval_restarts_it(tmp_path, caplog):
-    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
-                                   "--eval_max_new_tokens", "128", "--eval_temperature", "1")
-    callback = add_async_eval(trainer, recipe)  # policy latest
-    killer = KillWorkerMidEval(callback, at_step=3)
-    trainer.add_callback(killer)
-    with caplog.at_level(logging.INFO, logger="hf_sft"):
-        trainer.train()
-
-    assert trainer.state.global_step == 6
-    assert killer.killed_pid is not None
-    failed = [r for r in callback.records.values() if r.status == "failed"]
-    assert len(failed) == 1 and "killed by SIGKILL" in failed[0].error
-    assert "killed by SIGKILL" in caplog.text
-    assert callback.worker_starts == 2
-    done = sorted(r.step for r in callback.records.values() if r.status == "done")
-    assert done and done[-1] == 6 and failed[0].step not in done
-    assert [e["eval_step"] for e in eval_logs(trainer)] == done
-
-
-@needs_vllm
-@pytest.mark.slow
-def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(tmp_path, caplog):
-    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
-                                   "--eval_max_new_tokens", "128", "--eval_temperature", "1")
-    # No deadline until the worker hangs, then 3 s, then a generous one again once it is killed: the evals
-    # around the hang take seconds on a busy machine and must not be mistaken for hangs themselves.
-    callback = add_async_eval(trainer, recipe, policy="queue", eval_timeout_s=None)
-
-    def hang_then_wait_for_the_kill(pid):
-        os.kill(pid, signal.SIGSTOP)
-        callback.eval_timeout_s = 3.0
-        deadline = time.time() + 120
-        while callback.worker is not None and callback.worker.pid == pid and time.time() < deadline:
-            time.sleep(0.2)
-            callback.on_step_end(trainer.args, trainer.state, trainer.control)
-        callback.eval_timeout_s = 600.0
-
-    hanger = KillWorkerMidEval(callback, at_step=3, action=hang_then_wait_for_the_kill)
-    trainer.add_callback(hanger)
-    with caplog.at_level(logging.INFO, logger="hf_sft"):
-        trainer.train()
-
-    assert trainer.state.global_step == 6
-    failed = [r for r in callback.records.values() if r.status == "failed"]
-    assert len(failed) == 1 and "eval_timeout_s=3s" in failed[0].error
-    with pytest.raises(ProcessLookupError):  # the stopped worker was killed, not left behind
-        os.kill(hanger.killed_pid, 0)
-    gap = list((tmp_path / "run" / "results" / "eval_logs").glob(f"failed_eval_step_{failed[0].step}_*.json"))
-    assert len(gap) == 1 and json.loads(gap[0].read_text())["status"] == "failed"
-    done = sorted(r.step for r in callback.records.values() if r.status == "done")
-    assert done[-1] == 6 and callback.worker_starts == 2
 
 
 def cap_address_space(pid: int) -> None:
@@ -84,30 +29,108 @@ def cap_address_space(pid: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_AS, (mapped, resource.RLIM_INFINITY))
 
 
-@needs_vllm
-@pytest.mark.slow
-def test_a_worker_out_of_memory_does_not_stop_training_and_is_replaced(tmp_path, caplog):
-    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "6", "--eval_steps", "2", "--eval_num_examples", "16",
-                                   "--eval_max_new_tokens", "128", "--eval_temperature", "1")
-    callback = add_async_eval(trainer, recipe, policy="queue")
-    starve = KillWorkerMidEval(callback, at_step=3, action=cap_address_space)
-    trainer.add_callback(starve)
-    with caplog.at_level(logging.INFO, logger="hf_sft"):
-        trainer.train()
+class LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
 
-    assert trainer.state.global_step == 6
-    failed = [r for r in callback.records.values() if r.status == "failed"]
-    assert failed, "the starved worker's eval did not fail"
-    # The worker's own traceback is kept (oneDNN reports this failure as "could not create a primitive").
-    assert all("Traceback (most recent call last)" in r.error for r in failed), [r.error[-800:] for r in failed]
-    with pytest.raises(ProcessLookupError):  # the starved worker is gone, not left behind
-        os.kill(starve.killed_pid, 0)
-    assert callback.worker_starts == 2
-    for record in failed:
-        assert list((tmp_path / "run" / "results" / "eval_logs").glob(f"failed_eval_step_{record.step}_*.json"))
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def faulted_run(tmp_path_factory):
+    """One training run whose worker fails three ways, each in the middle of an eval: SIGKILL at step 3 (a
+    crash, or the kernel's OOM killer), SIGSTOP at step 5 (a hang, killed by a 3 s eval_timeout_s), and at
+    step 7 an address-space cap (an allocation failure inside the engine). Each failure ends that worker
+    and the next eval starts a new one: four workers in one run (three runs of two cost twice the CI time)."""
+    start_once(tmp_path_factory, "eval_worker_faults")
+    tmp_path = tmp_path_factory.mktemp("faults")
+    trainer, recipe = make_demo_trainer(tmp_path, "--max_steps", "10", "--eval_steps", "2", "--eval_num_examples", "16",
+                                        "--eval_max_new_tokens", "128", "--eval_temperature", "1")
+    # No deadline until the worker hangs, then 3 s, then none again once it is killed: the evals around the
+    # hang take seconds on a busy machine and must not be mistaken for hangs themselves.
+    callback = add_async_eval(trainer, recipe, policy="queue", eval_timeout_s=None, max_restarts=5)
+
+    def hang_then_wait_for_the_kill(pid):
+        os.kill(pid, signal.SIGSTOP)
+        callback.eval_timeout_s = 3.0
+        deadline = time.time() + 120
+        while callback.worker is not None and callback.worker.pid == pid and time.time() < deadline:
+            time.sleep(0.2)
+            callback.on_step_end(trainer.args, trainer.state, trainer.control)
+        callback.eval_timeout_s = None
+
+    faults = {"killed": KillWorkerMidEval(callback, at_step=3),
+              "hung": KillWorkerMidEval(callback, at_step=5, action=hang_then_wait_for_the_kill),
+              "starved": KillWorkerMidEval(callback, at_step=7, action=cap_address_space)}
+    for fault in faults.values():
+        trainer.add_callback(fault)
+    log = LogLines()
+    logger = logging.getLogger("hf_sft")
+    old_level = logger.level
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    try:
+        trainer.train()
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(old_level)
+    return trainer, callback, faults, "\n".join(log.lines), tmp_path / "run" / "results" / "eval_logs"
+
+
+def failed_records(callback, marker: str) -> list:
+    return [r for r in callback.records.values() if r.status == "failed" and marker in r.error]
+
+
+def _faulted(test):
+    """The run's tests: one worker runs them all (xdist_group), so the run starts once."""
+    for mark in (needs_vllm, pytest.mark.slow, pytest.mark.xdist_group("eval_worker_faults")):
+        test = mark(test)
+    return test
+
+
+@_faulted
+def test_a_faulted_worker_never_stops_training_and_each_next_eval_starts_a_new_one(faulted_run):
+    trainer, callback, faults, _, _ = faulted_run
+    assert trainer.state.global_step == 10
+    assert callback.worker_starts == 4 and not callback.disabled
+    failed = {r.step for r in callback.records.values() if r.status == "failed"}
     done = sorted(r.step for r in callback.records.values() if r.status == "done")
-    assert done[-1] == 6 and not set(done) & {r.step for r in failed}
+    assert done and done[-1] == 10 and not failed & set(done)
     assert [e["eval_step"] for e in eval_logs(trainer)] == done
+    for fault in faults.values():  # every faulted worker is gone, not left behind
+        assert fault.killed_pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(fault.killed_pid, 0)
+
+
+@_faulted
+def test_a_killed_worker_is_a_failed_eval_that_says_so(faulted_run):
+    _, callback, _, log, _ = faulted_run
+    assert len(failed_records(callback, "killed by SIGKILL")) == 1
+    assert "killed by SIGKILL" in log
+
+
+@_faulted
+def test_a_hung_worker_is_killed_after_eval_timeout_and_the_gap_is_on_disk(faulted_run):
+    _, callback, _, _, eval_logs_dir = faulted_run
+    hung = failed_records(callback, "eval_timeout_s=3s")
+    assert len(hung) == 1
+    gap = list(eval_logs_dir.glob(f"failed_eval_step_{hung[0].step}_*.json"))
+    assert len(gap) == 1 and json.loads(gap[0].read_text())["status"] == "failed"
+
+
+@_faulted
+def test_a_worker_out_of_memory_keeps_its_traceback_and_the_gap_is_on_disk(faulted_run):
+    _, callback, _, _, eval_logs_dir = faulted_run
+    failed = [r for r in callback.records.values() if r.status == "failed"]
+    # The worker's own traceback is kept (oneDNN reports this failure as "could not create a primitive").
+    starved = [r for r in failed if "killed by SIGKILL" not in r.error and "eval_timeout_s=3s" not in r.error]
+    assert starved, [r.error[-300:] for r in failed]
+    assert all("Traceback (most recent call last)" in r.error for r in starved), [r.error[-800:] for r in starved]
+    for record in starved:
+        assert list(eval_logs_dir.glob(f"failed_eval_step_{record.step}_*.json"))
 
 
 @needs_vllm
