@@ -2,7 +2,7 @@
 
 multiprocessing makes each child of a forkserver import the parent's ``__main__`` before it runs, so that
 functions defined there unpickle. Under ``hf_sft/train.py`` that is torch, transformers and datasets: about
-9 s of CPU (measured: 41 CPU-s for a 20-step demo with two evals, 25 with this module) spent by a pool whose
+9 s of CPU (measured: 41 CPU-s for a 20-step demo with two evals, 23-30 with this module) spent by a pool whose
 workers need only sympy and math-verify, and whose targets live in importable modules. The forkserver
 preloads this module first: it records on the forkserver's own ``__main__`` the name and path that
 multiprocessing compares (``spawn._fixup_main_from_name`` / ``_fixup_main_from_path``), so each child finds

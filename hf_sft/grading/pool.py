@@ -13,7 +13,8 @@ worker's side (its loop and the messages on its pipe) is ``hf_sft.grading.pool_w
 
 Workers start with the ``forkserver`` method (``spawn`` where unavailable), never ``fork``: the trainer has
 torch threads. The forkserver preloads this package and math-verify, so a replacement worker starts in
-milliseconds, and never the caller's script (``forkserver_main``). Each worker caps its heap growth (``RLIMIT_DATA``) so one ``10^{10^{10}}`` cannot exhaust RAM.
+milliseconds, and never the caller's script (``forkserver_main``). Each worker caps its heap growth
+(``RLIMIT_DATA``) so one ``10^{10^{10}}`` cannot exhaust RAM.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ GradingPool with a deadline. Nothing may execute, nothing may hang, nothing may 
 from __future__ import annotations
 
 import importlib
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import unicodedata
@@ -288,9 +291,6 @@ if __name__ == "__main__":
 def test_workers_do_not_import_the_callers_script(tmp_path, how):
     """multiprocessing re-runs the caller's __main__ in each forkserver child unless told it is already there:
     under train.py that was torch and transformers (~9 s of CPU) in a pool that needs only the graders."""
-    import os
-    import subprocess
-    import sys
     (tmp_path / "caller_script.py").write_text(CALLER_SCRIPT)
     log = tmp_path / "imports.log"
     argv = [sys.executable, *(["caller_script.py"] if how == "script" else ["-m", "caller_script"])]
