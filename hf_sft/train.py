@@ -8,7 +8,6 @@ Reads top to bottom like the recipe it runs: parse, tokenizer, data, model, trai
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from hf_sft.training.preflight import check_before_work
 from hf_sft.training.checkpoints import latest_complete_checkpoint
 from hf_sft.training.console import quiet_trainer, setup_training_logging
 from hf_sft.training.preemption import PreemptionCallback
+from hf_sft.training.rank_exit import exit_rank, wait_for_every_rank
 from hf_sft.reporting.run_report import build_run_report
 from hf_sft.training.tracking import use_project_trackers
 from hf_sft.training.trainer import PadToLongestCollator, SFTTrainer
@@ -73,6 +73,11 @@ def resolve_checkpoint(training_args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> SFTTrainer:
+    """Run the recipe; returns once every rank has written its outputs.
+
+    Under several processes the process group is still up then: the command leaves without tearing
+    it down (``rank_exit.exit_rank``), a caller of ``main`` ends it (``trainer.accelerator.end_training()``).
+    """
     # 1. Recipe -> dataclasses (YAML defaults, command-line overrides). Before the device is set up, a
     #    single training process is shown only its training GPU (no DataParallel; the eval GPU stays free).
     model_args, data_args, eval_args, training_args = parse_recipe(
@@ -129,33 +134,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             logger.info("Saved model, tokenizer and trainer_state.json to %s", training_args.output_dir)
             if (Path(training_args.output_dir) / "results").is_dir():
                 build_run_report(training_args.output_dir)  # plots + report.md of the eval curve
-    end_distributed(trainer)
+    wait_for_every_rank(trainer.accelerator)
     return trainer
-
-
-def end_distributed(trainer) -> None:
-    """Once every rank of a multi-process run is done, destroy its process group while Python is still whole.
-
-    Left to interpreter shutdown, gloo's worker threads can outlive the objects they hold and abort the
-    process (``terminate called without an active exception``, SIGABRT: pytorch/pytorch#179291); accelerate's
-    ``end_training`` is the documented last call. Only on success: a rank that raised skips it, since
-    destroying while the others sit in a collective would hang them. The barrier keeps rank 1 from leaving
-    while rank 0 still saves and reports. A single process has no group of its own to end, and must not
-    destroy one it did not create: an in-process vLLM engine initialises torch.distributed itself.
-    """
-    if trainer.accelerator.num_processes > 1:
-        trainer.accelerator.wait_for_everyone()
-        # Every output is on disk now. Tearing gloo down, and the interpreter exit after it, can hang in a race
-        # between gloo's threads and the interpreter's own teardown (pytorch/pytorch#75097, #190489), and a hung
-        # rank holds torchrun (and a Slurm allocation) forever. faulthandler's watchdog is a C thread that needs
-        # no GIL: past the deadline it prints every thread's stack and ends the process with status 1.
-        faulthandler.dump_traceback_later(teardown_deadline_s(), exit=True)
-        trainer.accelerator.end_training()
-
-
-def teardown_deadline_s() -> float:
-    """HF_SFT_TEARDOWN_TIMEOUT_S, default 300 s: room for trackers to finish uploading at exit."""
-    return float(os.environ.get("HF_SFT_TEARDOWN_TIMEOUT_S", "300"))
 
 
 def cli() -> None:
@@ -165,10 +145,11 @@ def cli() -> None:
     from hf_sft.training.modeling import ModelLoadError
 
     try:
-        main()
+        trainer = main()
     except (RecipeError, DataFormatError, ModelLoadError, SnapshotMemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    exit_rank(trainer.accelerator)  # one of several processes: leave without gloo's teardown (rank_exit.py)
 
 
 if __name__ == "__main__":

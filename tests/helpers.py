@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
 from hf_sft.evaluation.stats import breakdown, wilson_interval
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRESS_BAR = re.compile(r"\d+/\d+ \[[^\]]*(it/s|s/it|\?it/s)\]")
+
+
+def tail(text: str, chars: int) -> str:
+    """The last `chars` of a subprocess's output without its progress-bar lines, for a failure message: tqdm's
+    redraws would otherwise fill the tail and hide the traceback (or a watchdog's thread stacks) after them."""
+    kept = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+    return "\n".join(kept)[-chars:]
 
 
 # ---------------------------------------------------------------- grader inputs

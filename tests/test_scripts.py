@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, tail
 
 SCRIPTS = sorted(str(p) for d in ("scripts", "benchmarks") for p in Path(REPO_ROOT, d).glob("*.sh")) + \
     [os.path.join(REPO_ROOT, ".ci", "run")]
@@ -44,7 +44,7 @@ def test_gpu_check_runs_its_code_paths_on_cpu(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--out", str(table)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, tail(proc.stdout, 4000) + tail(proc.stderr, 4000)
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.read_text().splitlines()[2:]}
     for check in ("gemm", "train:4x8", "train:32x1", "train:off", "train:losses", "syncs", "attention", "head",
                   "snapshot", "generate"):
@@ -95,7 +95,7 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     # The requeued job runs the same command: it resumes from that checkpoint and finishes.
     env.pop("SLURM_JOB_ID")
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, tail(done.stdout, 4000) + tail(done.stderr, 4000)
     saved_at = int(checkpoints[-1].name.split("-")[1])
     assert (done.stdout + done.stderr).count("'loss'") == 60 - saved_at  # only the steps after the checkpoint
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.expensive_runs import start_once
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, tail
 
 # One worker runs the module: its tests share the one-process baseline (and never race for ports).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
@@ -41,13 +41,13 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "t
 
 def run(cmd, env):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"{cmd}\n{tail(proc.stdout, 3000)}\n{tail(proc.stderr, 6000)}"
     return proc
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    # A rank that hangs while tearing down prints its threads' stacks and exits after 60 s (train.end_distributed).
+    # A rank that hangs on its way out prints its threads' stacks and exits after 60 s (training/rank_exit.py).
     return {**os.environ, "HF_SFT_CACHE": str(tmp_path_factory.mktemp("assets")), "OMP_NUM_THREADS": "1",
             "HF_SFT_TEARDOWN_TIMEOUT_S": "60"}
 
@@ -68,16 +68,37 @@ def assert_same_learning(a: list[float], b: list[float]) -> None:
     assert a[-1] < a[0]
 
 
-def test_torchrun_two_processes_match_one_process_and_fsdp_on_cpu_says_it_runs_ddp(tmp_path, env,
-                                                                                   single_process_losses):
+# Runs hf_sft/train.py as torchrun would, in a process whose interpreter exit would never end: the object's
+# destructor runs when the interpreter finalises __main__, as gloo's teardown does (rank_exit.py's reasons).
+HANGS_ON_INTERPRETER_EXIT = """
+import runpy
+import time
+
+
+class BlocksWhenCollected:
+    def __del__(self):
+        time.sleep(3600)
+
+
+blocker = BlocksWhenCollected()
+runpy.run_path("hf_sft/train.py", run_name="__main__")
+"""
+
+
+def test_torchrun_two_processes_match_one_process_fsdp_on_cpu_says_ddp_and_no_rank_waits_on_teardown(
+        tmp_path, env, single_process_losses):
     """accelerate enables FSDP only on GPU-type devices: two CPU processes asked for it run plain DDP, say so,
-    and learn what one process learns. (One run for both proofs: each torchrun start costs two start-ups.)"""
+    and learn what one process learns. Each rank then leaves without the interpreter's teardown, so one that
+    would hang there still exits 0 at once. (One run for the three proofs: a torchrun start costs two start-ups.)"""
+    launcher = tmp_path / "hangs_on_interpreter_exit.py"
+    launcher.write_text(HANGS_ON_INTERPRETER_EXIT)
     double = tmp_path / "ddp"
-    proc = run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29571", "hf_sft/train.py", *COMMON,
+    proc = run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29571", str(launcher), *COMMON,
                 "--per_device_train_batch_size", "4", "--output_dir", str(double)],
                {**env, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
     assert "FSDP was asked for (fsdp / ACCELERATE_USE_FSDP) but accelerate runs as MULTI_CPU" in proc.stderr
     assert "plain DDP" in proc.stderr
+    assert "Timeout (0:01:00)!" not in proc.stderr  # faulthandler's watchdog did not have to end a rank
     assert_same_learning(single_process_losses, losses(double))
 
 
@@ -123,13 +144,13 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_finishes(tmp
         while "'loss'" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         workers = _children(proc.pid)
-        assert proc.poll() is None and len(workers) == 2, log.read_text()[-4000:]
+        assert proc.poll() is None and len(workers) == 2, tail(log.read_text(), 4000)
         os.kill(workers[-1], signal.SIGTERM)  # one rank only
-        assert proc.wait(timeout=300) == 0, log.read_text()[-6000:]
+        assert proc.wait(timeout=300) == 0, tail(log.read_text(), 6000)
     text = log.read_text()
     stops = sorted(line.split("at step ")[1].split()[0] for line in text.splitlines()
                    if "saving a checkpoint at step" in line)
-    assert len(stops) == 2 and stops[0] == stops[1], text[-4000:]
+    assert len(stops) == 2 and stops[0] == stops[1], tail(text, 4000)
     saved = int(stops[0])
     assert 0 < saved < steps
     checkpoint = out / f"checkpoint-{saved}"

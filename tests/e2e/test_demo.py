@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.expensive_runs import start_once
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, tail
 
 # One worker runs the module: its three tests share one demo run.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_e2e")]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_e2e")]
 
 def run(cmd, env, timeout):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{tail(proc.stdout, 3000)}\n{tail(proc.stderr, 6000)}"
     return proc
 
 
