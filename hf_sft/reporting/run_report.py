@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from hf_sft.evaluation.results import atomic_write_text, latest_summaries, read_eval_records
-from hf_sft.reporting import plots
 from hf_sft.reporting.html import render_report
 from hf_sft.reporting.tables import breakdown_markdown, breakdown_rows, grader_note, markdown_table, run_columns, \
     summary_rows
@@ -17,6 +16,8 @@ from hf_sft.reporting.tables import breakdown_markdown, breakdown_rows, grader_n
 
 def build_run_report(run_dir, out_dir=None, quiet: bool = False) -> Path:
     """Write plots (PNG), summary.md and report.html for one run; return the report.html path."""
+    from hf_sft.reporting import plots  # matplotlib (~0.6 s) only once there is a report: train.py imports this
+
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
