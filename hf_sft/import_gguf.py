@@ -13,6 +13,8 @@ then used like a hub checkout (``model_name_or_path: <dir>``) by training, evalu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -64,7 +66,39 @@ def is_complete(out_dir: Path) -> bool:
     return (out_dir / MARKER).is_file() and all((out_dir / name).is_file() for name in REQUIRED)
 
 
-def convert(gguf_path: Path, out_dir: Path) -> dict:
+@contextlib.contextmanager
+def reuse_gguf_parses():
+    """Parse the GGUF once, not three times, while transformers reads it.
+
+    transformers reads the file three times (tokenizer; config; weights), each time through a new
+    ``gguf.GGUFReader``, which walks every metadata field in Python (49,152 vocabulary strings and as many
+    merges), and it builds gguf's tensor-name map once per submodule of the model (a few hundred times,
+    each the same map). Both are looked up on the ``gguf`` module when called, so for the duration of the
+    import a reader per path and a map per (arch, layers) is kept and handed out again. Both are read-only
+    there: the weights are dequantised into new arrays. About 40% of the import's time
+    (docs/benchmarks.md); the output is the same bit for bit (tests/e2e/test_smollm2.py).
+    """
+    import gguf
+
+    readers: dict[tuple[str, str], object] = {}
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if mode != "r":  # a writable map is never shared
+            return original_reader(path, mode)
+        if key not in readers:
+            readers[key] = original_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(original_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+
+
+def convert(gguf_path: Path, out_dir: Path, reuse_parses: bool = True) -> dict:
     """Dequantise ``gguf_path`` into a plain fp32 ``save_pretrained`` directory; returns the marker's record."""
     if importlib.util.find_spec("gguf") is None:
         raise ImportGGUFError(f"the gguf package is not installed: {INSTALL_HINT}")
@@ -74,8 +108,9 @@ def convert(gguf_path: Path, out_dir: Path) -> dict:
     start = time.perf_counter()
     folder, name = str(gguf_path.parent), gguf_path.name
     logger.info("reading %s (%.0f MB)", gguf_path, gguf_path.stat().st_size / 1e6)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with reuse_gguf_parses() if reuse_parses else contextlib.nullcontext():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     logger.info("dequantised %s in %.1fs", type(quantized).__name__, time.perf_counter() - start)
 
     # An ordinary model from the same config minus the quantisation record, with the dequantised weights.
