@@ -16,6 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest  # noqa: E402
 
 from tests import suite_budget  # noqa: E402
+from tests.expensive_runs import shared_by_workers  # noqa: E402
 from tests.helpers import make_tiny_qwen2  # noqa: E402
 
 
@@ -42,11 +43,17 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Builtin assets and datasets caches go to a per-session temp dir."""
+    """Builtin assets and datasets caches go to a per-session temp dir; vLLM's to one dir per pytest run.
+
+    vLLM's cache is shared by both workers and every process they start: each engine start looks up its
+    model class's description there (``modelinfos/``) and, on a miss, works it out in a subprocess that
+    imports torch and vLLM (10-14 CPU-s). Shared, that happens once per architecture in a run, not once per
+    worker and again for the runs' own eval workers (vLLM writes the file atomically)."""
     root = tmp_path_factory.mktemp("cache")
-    old = {k: os.environ.get(k) for k in ("HF_SFT_CACHE", "HF_DATASETS_CACHE")}
+    old = {k: os.environ.get(k) for k in ("HF_SFT_CACHE", "HF_DATASETS_CACHE", "VLLM_CACHE_ROOT")}
     os.environ["HF_SFT_CACHE"] = str(root / "hf_sft")
     os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+    os.environ["VLLM_CACHE_ROOT"] = str(shared_by_workers(tmp_path_factory, "vllm-cache"))
     yield root
     for k, v in old.items():
         if v is None:

