@@ -132,14 +132,23 @@ def eval_logs(trainer) -> list[dict]:
 
 class KillWorkerMidEval:
     """Test harness: at ``at_step``, wait until the worker's engine is up and evaluating, then signal it
-    (SIGKILL: a crash, or the kernel's OOM killer; SIGSTOP: a hang), or do ``action(pid)`` to it instead."""
+    (SIGKILL: a crash, or the kernel's OOM killer; SIGSTOP: a hang), or do ``action(pid)`` to it instead.
 
-    def __init__(self, callback, at_step: int, sig=None, action=None):
+    ``after``: earlier faults of the same run. Their workers do not count: a SIGKILLed worker still looks
+    up and evaluating until the callback has seen it die (the kernel takes a moment to end a process that
+    size), and a fault one step later would otherwise hit that dead worker and do nothing."""
+
+    def __init__(self, callback, at_step: int, sig=None, action=None, after=()):
         import signal
 
-        self.callback, self.at_step, self.killed_pid = callback, at_step, None
+        self.callback, self.at_step, self.killed_pid, self.after = callback, at_step, None, list(after)
         self.sig = signal.SIGKILL if sig is None else sig
         self.action = action or (lambda pid: os.kill(pid, self.sig))
+
+    def _target_is_evaluating(self) -> bool:
+        cb = self.callback
+        return (cb.worker is not None and cb.worker.pid not in {f.killed_pid for f in self.after}
+                and cb.worker_ready and cb.inflight is not None and cb.inflight.released)
 
     def on_step_end(self, args, state, control, **kwargs):
         import time
@@ -147,9 +156,10 @@ class KillWorkerMidEval:
         if state.global_step != self.at_step:
             return
         cb, deadline = self.callback, time.time() + 300
-        while not (cb.worker_ready and cb.inflight is not None and cb.inflight.released) and time.time() < deadline:
+        while not self._target_is_evaluating() and time.time() < deadline:
             time.sleep(0.2)
             cb.on_step_end(args, state, control)  # lets the callback read its messages (step 3: no new eval)
+        assert self._target_is_evaluating(), f"step {self.at_step}: no fresh worker was evaluating within 300 s"
         self.killed_pid = cb.worker.pid
         self.action(self.killed_pid)
 

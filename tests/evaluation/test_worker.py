@@ -61,9 +61,10 @@ def faulted_run(tmp_path_factory):
             callback.on_step_end(trainer.args, trainer.state, trainer.control)
         callback.eval_timeout_s = None
 
-    faults = {"killed": KillWorkerMidEval(callback, at_step=3),
-              "hung": KillWorkerMidEval(callback, at_step=5, action=hang_then_wait_for_the_kill),
-              "starved": KillWorkerMidEval(callback, at_step=7, action=cap_address_space)}
+    killed = KillWorkerMidEval(callback, at_step=3)
+    hung = KillWorkerMidEval(callback, at_step=5, action=hang_then_wait_for_the_kill, after=[killed])
+    starved = KillWorkerMidEval(callback, at_step=7, action=cap_address_space, after=[killed, hung])
+    faults = {"killed": killed, "hung": hung, "starved": starved}
     for fault in faults.values():
         trainer.add_callback(fault)
     log = LogLines()
