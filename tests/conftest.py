@@ -47,8 +47,9 @@ def isolated_cache(tmp_path_factory):
 
     vLLM's cache is shared by both workers and every process they start: each engine start looks up its
     model class's description there (``modelinfos/``) and, on a miss, works it out in a subprocess that
-    imports torch and vLLM (10-14 CPU-s). Shared, that happens once per architecture in a run, not once per
-    worker and again for the runs' own eval workers (vLLM writes the file atomically)."""
+    imports torch and vLLM (10-14 CPU-s). Shared, a miss happens once per architecture in a run (twice when
+    both workers start the same one at the same moment), not per worker and again for the runs' own eval
+    workers under ``~/.cache/vllm`` (vLLM writes the file atomically)."""
     root = tmp_path_factory.mktemp("cache")
     old = {k: os.environ.get(k) for k in ("HF_SFT_CACHE", "HF_DATASETS_CACHE", "VLLM_CACHE_ROOT")}
     os.environ["HF_SFT_CACHE"] = str(root / "hf_sft")
