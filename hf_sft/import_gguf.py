@@ -75,7 +75,7 @@ def reuse_gguf_parses():
     merges), and it builds gguf's tensor-name map once per submodule of the model (a few hundred times,
     each the same map). Both are looked up on the ``gguf`` module when called, so for the duration of the
     import a read-only reader per path and a map per (arch, layers) is kept and handed out again; nothing
-    writes to them there (the weights are dequantised into new arrays). 2.1-2.35x faster, and the output is
+    writes to them there (the weights are dequantised into new arrays). 2.1-2.6x faster, and the output is
     the same byte for byte: ``benchmarks/bench_import_gguf.py`` runs both, docs/benchmarks.md has the figures.
     """
     import gguf
