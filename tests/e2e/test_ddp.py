@@ -53,11 +53,19 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_process_losses(tmp_path_factory, env):
+def single_process_losses(tmp_path_factory):
+    """The one-process run, in this pytest process (``train.main``): a process of its own would spend ~6 CPU-s
+    importing torch and transformers for a second of training, and what is compared is the same either way."""
     start_once(tmp_path_factory, "ddp_single_process_baseline")
+    from hf_sft.train import main
+
     single = tmp_path_factory.mktemp("single")
-    run([sys.executable, "hf_sft/train.py", *COMMON, "--per_device_train_batch_size", "8",
-         "--output_dir", str(single)], env)
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the recipe's paths are relative to the repository, as for the commands below
+    try:
+        main([*COMMON, "--per_device_train_batch_size", "8", "--output_dir", str(single)])
+    finally:
+        os.chdir(cwd)
     return losses(single)
 
 

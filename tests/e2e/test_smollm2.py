@@ -195,10 +195,11 @@ def test_sft_steps_on_gsm8k_traces_lower_the_loss(smollm2_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in TRACES))
     trainer = main([os.path.join(REPO_ROOT, "recipes", "gsm8k_smollm2.yaml"), "--model_name_or_path", str(smollm2_dir),
                     "--train_data", str(data), "--num_train_examples", "4", "--eval_backend", "none",
-                    "--output_dir", str(tmp_path / "run"), "--max_steps", "4", "--per_device_train_batch_size", "4",
+                    "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--per_device_train_batch_size", "4",
                     "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4", "--warmup_steps", "0",
                     "--lr_scheduler_type", "constant", "--logging_steps", "1"])
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     print("losses:", losses)
-    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    # Three steps (each ~4 s here): the loss of these four traces fell 1.61, 0.97, 0.46, 0.19 over four.
+    assert len(losses) == 3 and all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.8 * losses[0]
