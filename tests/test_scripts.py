@@ -2,7 +2,9 @@
 
 The SIGTERM test runs `scripts/run_sft_slurm.sh` for real (accelerate launch, the demo recipe on CPU) and
 sends SIGTERM to the batch shell alone, which is what `#SBATCH --signal=B:TERM@300` makes Slurm do before
-the time limit: the script must forward it, the trainer must checkpoint, and the same command must resume.
+the time limit: the script must forward it, the trainer must checkpoint, and the same command must resume
+with every scheduled eval done once. It is also the suite's SIGTERM-and-resume proof for a single process
+(tests/e2e/test_resume.py has the SIGKILL one).
 """
 
 from __future__ import annotations
@@ -71,9 +73,11 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     env = {**os.environ, "HF_SFT_ACCELERATE_CONFIG": str(config), "HF_SFT_CACHE": str(tmp_path / "assets"),
            "PYTHONUNBUFFERED": "1", "SLURM_JOB_ID": "4242", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("SLURM_SUBMIT_DIR", None)
+    # Steps of 4: the test is about the signal, not the learning. Evals of 8 problems at 0, 20, 40 and 60: the
+    # one done before the signal is not done again by the resumed run, and none is lost.
     cmd = ["bash", "scripts/run_sft_slurm.sh", "recipes/demo.yaml", "--output_dir", str(out), "--max_steps", "60",
-           "--logging_steps", "1", "--eval_backend", "none", "--save_strategy", "no",
-           "--per_device_train_batch_size", "4"]  # steps of 4: the test is about the signal, not the learning
+           "--logging_steps", "1", "--save_strategy", "no", "--per_device_train_batch_size", "4",
+           "--eval_steps", "20", "--eval_num_examples", "8", "--eval_max_new_tokens", "24", "--eval_batch_size", "8"]
     log = tmp_path / "slurm.out"
     with open(log, "w") as sink:
         job = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -90,7 +94,8 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     assert "requeueing job 4242" in text
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints and int(checkpoints[-1].name.split("-")[1]) < 60
-    assert not (out / "model.safetensors").exists()
+    assert not (out / "model.safetensors").exists()  # the final model is only saved by a finished run
+    assert eval_steps(out) == [0]  # the baseline eval ran before the first step, hence before the signal
 
     # The requeued job runs the same command: it resumes from that checkpoint and finishes.
     env.pop("SLURM_JOB_ID")
@@ -101,3 +106,10 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 60 and (out / "model.safetensors").exists()
+    assert eval_steps(out) == [0, 20, 40, 60]  # each scheduled eval exactly once across the preemption
+
+
+def eval_steps(run_dir: Path) -> list[int]:
+    from hf_sft.evaluation.results import read_summaries
+
+    return sorted(s["eval_step"] for s in read_summaries(run_dir))

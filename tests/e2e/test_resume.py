@@ -1,4 +1,9 @@
-"""Runs that survive faults: SIGKILL then resume gives the uninterrupted result; SIGTERM checkpoints and exits."""
+"""Runs that survive faults: SIGKILL then resume gives the uninterrupted result.
+
+SIGTERM (checkpoint at the next step, exit 0, resume with each eval once) is proved through the Slurm script,
+which forwards it to the trainer (tests/test_scripts.py), and for one rank of two in tests/e2e/test_ddp.py:
+a third run of the same path here cost two more training processes (17 s on 2 AVX-512 EPYC cores).
+"""
 
 from __future__ import annotations
 
@@ -87,19 +92,3 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path, env, un
     assert eval_steps_on_disk(out) == [0, 4, 8, 12]
     after = {p.name: p.read_bytes() for p in (out / "results" / "eval_logs").iterdir()}
     assert all(after.get(name) == data for name, data in before.items())
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):
-    out = tmp_path / "run"
-    proc = start(out, env, ["--save_strategy", "no"])
-    wait_for(lambda: 4 in eval_steps_on_disk(out) if (out / "results").exists() else False, proc)
-    proc.send_signal(signal.SIGTERM)
-    log = finish(proc, timeout=300)
-    assert "Resume with the same command plus --resume_from_checkpoint auto" in log
-    checkpoint = latest_complete_checkpoint(out)
-    assert checkpoint is not None and int(checkpoint.rsplit("-", 1)[1]) < 12
-    assert not (out / "model.safetensors").exists()  # the final model is only saved by a finished run
-    finish(start(out, env, ["--save_strategy", "no", "--resume_from_checkpoint", "auto"]))
-    assert max(step_losses(out)) == 12
-    assert eval_steps_on_disk(out) == [0, 4, 8, 12]
