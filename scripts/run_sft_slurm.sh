@@ -78,9 +78,9 @@ pgid=$!
 wait "$pgid"
 status=$?
 # `wait` returns early when the trap runs, and the launcher may die before the trainer has saved:
-# wait until no process of the group is left.
+# wait until no process of the group is left (checked every second: the job's 300 s signal budget is for saving).
 while kill -0 -- "-$pgid" 2>/dev/null; do
-  sleep 5
+  sleep 1
 done
 if [[ $preempted -eq 1 ]]; then
   # $status is the interrupted wait's (or the launcher's, killed by our SIGTERM): the checkpoint counts.
