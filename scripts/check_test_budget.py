@@ -49,8 +49,9 @@ def report(record: dict, baselines: list[dict], out=None) -> bool:
     total = sum(test_seconds(t) for t in tests.values()) or 1.0
     readings = m.get("gemm_gflops_per_cpu_s_readings")
     read = f" (the higher of {readings[0]:.0f} before the tests and {readings[1]:.0f} after)" if readings else ""
+    python = f", Python {m['python_runs_per_cpu_s']:.0f} runs per CPU second" if "python_runs_per_cpu_s" in m else ""
     print(f"test budget: {m['isa']}, fp32 GEMM {m['gemm_gflops']:.0f} GFLOP/s, "
-          f"{per_cpu_rate(m):.0f} per CPU second{read} (load {m['load_1min']} at start), "
+          f"{per_cpu_rate(m):.0f} per CPU second{read}{python} (load {m['load_1min']} at start), "
           f"{record['workers']} worker(s): wall {record['wall_s']:.0f} s, CPU {record['cpu_s']:.0f} s, "
           f"summed test time {total:.0f} s over {len(tests)} tests", file=out)
     print("ten slowest (setup + call + teardown):", file=out)

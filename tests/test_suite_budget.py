@@ -70,6 +70,7 @@ def test_grouped_fixture_starts_once_and_the_run_is_accounted(tmp_path):
     assert record["machine"]["isa"] and record["machine"]["gemm_gflops"] > 0
     start, end = record["machine"]["gemm_gflops_per_cpu_s_readings"]  # read before and after the tests
     assert record["machine"]["gemm_gflops_per_cpu_s"] == max(start, end) > 0
+    assert record["machine"]["python_runs_per_cpu_s"] > 0  # the interpreter's speed, for start-up-bound suites
 
 
 def test_broken_grouping_fails_instead_of_running_twice(tmp_path):
