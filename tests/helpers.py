@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hf_sft.core import tokenize_prompt_and_output
-from hf_sft.evaluation.results import eval_logs_dir, write_eval_results
+from hf_sft.evaluation.results import eval_logs_dir, read_summaries, write_eval_results
 from hf_sft.evaluation.stats import breakdown, wilson_interval
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +124,11 @@ def add_async_eval(trainer, recipe, **overrides):
         setattr(callback, key, value)
     trainer.add_callback(callback)
     return callback
+
+
+def summary_steps(run_dir) -> list[int]:
+    """The eval steps of a run's summaries on disk, in step order (a step evaluated twice appears twice)."""
+    return [s["eval_step"] for s in read_summaries(run_dir)]
 
 
 def eval_logs(trainer) -> list[dict]:

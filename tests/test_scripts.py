@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, tail
+from tests.helpers import REPO_ROOT, summary_steps, tail
 
 SCRIPTS = sorted(str(p) for d in ("scripts", "benchmarks") for p in Path(REPO_ROOT, d).glob("*.sh")) + \
     [os.path.join(REPO_ROOT, ".ci", "run")]
@@ -95,7 +95,7 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints and int(checkpoints[-1].name.split("-")[1]) < 60
     assert not (out / "model.safetensors").exists()  # the final model is only saved by a finished run
-    assert eval_steps(out) == [0]  # the baseline eval ran before the first step, hence before the signal
+    assert summary_steps(out) == [0]  # the baseline eval ran before the first step, hence before the signal
 
     # The requeued job runs the same command: it resumes from that checkpoint and finishes.
     env.pop("SLURM_JOB_ID")
@@ -106,10 +106,5 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 60 and (out / "model.safetensors").exists()
-    assert eval_steps(out) == [0, 60]  # each scheduled eval exactly once across the preemption
+    assert summary_steps(out) == [0, 60]  # each scheduled eval exactly once across the preemption
 
-
-def eval_steps(run_dir: Path) -> list[int]:
-    from hf_sft.evaluation.results import read_summaries
-
-    return sorted(s["eval_step"] for s in read_summaries(run_dir))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, summary_steps
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 SHORT = ["--max_steps", "4", "--eval_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
@@ -36,12 +36,6 @@ def console_lines(console: str) -> list[str]:
 
 
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
-
-
-def summary_steps(out: str) -> list[int]:
-    from hf_sft.evaluation.results import read_summaries
-
-    return [s["eval_step"] for s in read_summaries(out)]
 
 
 def test_evaluating_at_a_logging_step_keeps_that_steps_training_loss(tmp_path):
