@@ -109,6 +109,13 @@ def test_budget_normalises_by_the_gemm_rate_and_warns_past_twenty_percent(capsys
     assert "no baseline for AVX2" in capsys.readouterr().out
 
 
+def test_the_projection_scales_cpu_time_and_adds_the_waiting_unscaled(capsys):
+    # 470 CPU-s in 300 s on two workers at 94 per CPU second: 940 CPU-s on the slow class (47), plus the 130
+    # core-seconds the workers waited here, over two workers.
+    budget.report({**record(470, 94), "wall_s": 300.0}, [])
+    assert "~940 CPU s, ~535 s of pytest wall with 2 worker(s), 130 core-seconds of waiting" in capsys.readouterr().out
+
+
 def test_only_a_green_two_worker_run_becomes_the_baseline(tmp_path):
     durations, base = tmp_path / "d.json", tmp_path / "b.json"
     durations.write_text(json.dumps(record(1000, 100, exitstatus=1)))
